@@ -1,0 +1,150 @@
+"""Attention and the spatio-temporal transformer of the SVD UNet.
+
+Every spatial transformer of the image model is followed by a temporal transformer that attends across
+frames at each pixel position; a learned AlphaBlender mixes the two paths (Blattmann et al. 2023, Sec. 3;
+Video LDM, Blattmann et al. 2023b, Sec. 3.1). Before the temporal block, a sinusoidal embedding of the
+frame index (through an MLP) is added so that attention knows frame order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from minisvd.embeddings import TimestepEmbedding, sinusoidal_embedding
+from minisvd.resnet import AlphaBlender, GroupNorm32
+
+
+class Attention(nn.Module):
+    """Multi-head attention, softmax(Q K^T / sqrt(d)) V (Vaswani et al. 2017), via PyTorch SDPA.
+
+    Self-attention when `context` is None, cross-attention otherwise (keys/values from `context`).
+    """
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (N, L, h*d)
+        q, k, v = (rearrange(t, "n l (h d) -> n h l d", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, h, L, d)
+        return self.to_out[0](rearrange(out, "n h l d -> n l (h d)"))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: a * GELU(b) where [a, b] = proj(x) (Shazeer 2020)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """Transformer MLP: GEGLU to 4*dim, then back to dim_out."""
+
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim_out or dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class TransformerBlock(nn.Module):
+    """Spatial block (pre-LayerNorm): self-attention over pixels, cross-attention to CLIP, feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, dim_head)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # x: (B*F, H*W, C)
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class TemporalTransformerBlock(nn.Module):
+    """Temporal block: the same layers applied along frames at each pixel, with an extra input feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+        super().__init__()
+        self.norm_in = nn.LayerNorm(dim)
+        self.ff_in = FeedForward(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, dim_head)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor) -> torch.Tensor:
+        hw = x.shape[1]
+        x = rearrange(x, "(b f) s c -> (b s) f c", f=num_frames)  # each pixel's sequence of frames
+        x = self.ff_in(self.norm_in(x)) + x
+        x = self.attn1(self.norm1(x)) + x  # attention across frames
+        x = self.attn2(self.norm2(x), context) + x  # cross-attention to the first frame's CLIP token
+        x = self.ff(self.norm3(x)) + x
+        return rearrange(x, "(b s) f c -> (b f) s c", s=hw)
+
+
+class SpatioTemporalTransformer(nn.Module):
+    """GroupNorm -> linear in -> [spatial block, + frame-position embedding, temporal block, blend] -> linear out, + residual."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, depth: int = 1):
+        super().__init__()
+        dim_head = channels // heads
+        self.norm = GroupNorm32(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            [TransformerBlock(channels, heads, dim_head, context_dim) for _ in range(depth)]
+        )
+        self.temporal_transformer_blocks = nn.ModuleList(
+            [TemporalTransformerBlock(channels, heads, dim_head, context_dim) for _ in range(depth)]
+        )
+        self.time_pos_embed = TimestepEmbedding(channels, channels * 4, out_dim=channels)
+        self.time_mixer = AlphaBlender(0.5)
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, image_only_indicator: torch.Tensor
+    ) -> torch.Tensor:
+        bf, c, h, w = x.shape  # (B*F, C, H, W)
+        num_frames = image_only_indicator.shape[-1]
+        # The temporal cross-attention sees the first frame's context at every pixel: ((B*H*W), L, D)
+        ctx_first = rearrange(context, "(b f) l d -> b f l d", f=num_frames)[:, 0]
+        time_context = repeat(ctx_first, "b l d -> (b s) l d", s=h * w)
+
+        residual = x
+        x = rearrange(self.norm(x), "n c h w -> n (h w) c")
+        x = self.proj_in(x)  # (B*F, H*W, C)
+
+        frame_idx = torch.arange(num_frames, device=x.device).repeat(bf // num_frames)  # (B*F,)
+        frame_emb = self.time_pos_embed(sinusoidal_embedding(frame_idx, c).to(x.dtype))[:, None, :]  # (B*F, 1, C)
+
+        for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
+            x = block(x, context)
+            x_temporal = temporal_block(x + frame_emb, num_frames, time_context)
+            x = self.time_mixer(x, x_temporal, image_only_indicator)
+
+        x = self.proj_out(x)
+        return rearrange(x, "n (h w) c -> n c h w", h=h) + residual

@@ -1,0 +1,78 @@
+"""Safe weight files and state-dict loading that names every problem.
+
+Only safetensors, or `torch.load(weights_only=True)` for .bin/.pt/.ckpt files: a pickle that would run
+code is refused. Loading compares keys and shapes first and raises one ValueError that lists missing,
+unexpected and mis-shaped keys by name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def load_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors (preferred) or a weights-only torch file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file as st_load
+
+        return st_load(str(path), device=str(device))
+    try:
+        sd = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path} is a pickle that holds more than tensors; minisvd refuses to unpickle it because that can run "
+            f"arbitrary code. Convert it to .safetensors with code you trust. ({str(e).splitlines()[0]})"
+        ) from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+    return sd
+
+
+def check_state_dict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "model"
+) -> tuple[list[str], list[str], list[str]]:
+    """Return (missing, unexpected, mis-shaped) key descriptions of `state_dict` against `model`."""
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    misshaped = sorted(
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state_dict[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
+    return missing, unexpected, misshaped
+
+
+def format_problems(missing: list[str], unexpected: list[str], misshaped: list[str], limit: int = 20) -> str:
+    """One readable message listing the problems (first `limit` of each kind)."""
+    parts = []
+    for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            shown = "\n    ".join(keys[:limit])
+            more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+            parts.append(f"  {len(keys)} {name} key(s):\n    {shown}{more}")
+    return "\n".join(parts)
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "model", strict: bool = True
+) -> nn.Module:
+    """`model.load_state_dict` that first reports missing, unexpected and mis-shaped keys by name."""
+    missing, unexpected, misshaped = check_state_dict(model, state_dict)
+    if misshaped or (strict and (missing or unexpected)):
+        raise ValueError(
+            f"the weights do not fit this {what} (is the config/size preset right?):\n"
+            + format_problems(missing, unexpected, misshaped)
+        )
+    model.load_state_dict(state_dict, strict=strict)
+    return model

@@ -1,0 +1,349 @@
+"""The spatio-temporal UNet of Stable Video Diffusion (Blattmann et al. 2023, Sec. 3 and App. D).
+
+An image latent-diffusion UNet (Rombach et al. 2022) "inflated" with temporal layers: every ResBlock is a
+SpatioTemporalResBlock and every transformer a SpatioTemporalTransformer (see resnet.py, attention.py).
+It predicts F_theta in D(x; sigma) = c_skip x + c_out F_theta(c_in x; c_noise) (EDM, Karras et al. 2022,
+Eq. 7), conditioned on
+  - c_noise = 0.25 ln(sigma), through a sinusoidal embedding and an MLP;
+  - the added time ids (fps_id, motion_bucket_id, cond_aug), each embedded the same way, concatenated,
+    through an MLP and added to the time embedding ("micro-conditioning", Sec. 4.1 / App. D);
+  - one CLIP image token per video, by cross-attention;
+  - the conditioning frame's latent, concatenated to the noisy latent on channels (4 + 4 = 8 in).
+
+State-dict names and shapes equal diffusers' `UNetSpatioTemporalConditionModel`, so weights move between
+the two with `load_state_dict(strict=True)`. Differences from diffusers (all tested in tests/test_unet.py):
+  1. ResBlock GroupNorm eps: the original SVD code uses 1e-5 everywhere; diffusers uses 1e-6 in the
+     ResBlocks of the cross-attention down blocks and of all up blocks (72 norms in SVD). We follow the
+     original; `UNetConfig(diffusers_resnet_eps=True)` reproduces diffusers.
+  2. GroupNorms run in float32 whatever the model dtype (as the original code; diffusers norms in the
+     input dtype). Identical in fp32.
+  3. H and W must be divisible by 2^(levels-1); diffusers silently interpolates odd sizes, we raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from minisvd.attention import SpatioTemporalTransformer
+from minisvd.embeddings import TimestepEmbedding, sinusoidal_embedding
+from minisvd.resnet import Downsample, GroupNorm32, SpatioTemporalResBlock, Upsample
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 8  # noisy latent (4) + conditioning-frame latent (4)
+    out_channels: int = 4  # latent channels
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # channels per resolution level
+    attention_levels: tuple[bool, ...] = (True, True, True, False)  # spatio-temporal transformers per level
+    layers_per_block: int = 2  # ResBlocks per down level (up levels have one more)
+    num_attention_heads: tuple[int, ...] = (5, 10, 20, 20)  # heads per level (head dim 64 in SVD)
+    transformer_layers_per_block: int = 1  # depth of each transformer
+    cross_attention_dim: int = 1024  # CLIP ViT-H/14 image embedding width
+    addition_time_embed_dim: int = 256  # sinusoidal width of each added time id
+    num_added_time_ids: int = 3  # fps_id, motion_bucket_id, cond_aug
+    num_frames: int = 25  # frames the weights were trained for (14 for SVD, 25 for SVD-XT)
+    diffusers_resnet_eps: bool = False  # True: diffusers' GroupNorm eps 1e-6 in 72 ResBlock norms (see module doc)
+    extra: dict = field(default_factory=dict, repr=False)  # config keys we carry but do not use
+
+    # ----- size presets -------------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, **kw) -> UNetConfig:
+        """Trains on a laptop CPU in minutes (1,308,432 parameters)."""
+        return cls(**{**dict(block_out_channels=(32, 64), attention_levels=(True, False), layers_per_block=1,
+                             num_attention_heads=(2, 4), cross_attention_dim=32, addition_time_embed_dim=32,
+                             num_frames=8), **kw})
+
+    @classmethod
+    def small(cls, **kw) -> UNetConfig:
+        """Minutes per epoch on a GPU, still runs on CPU (29,403,360 parameters)."""
+        return cls(**{**dict(block_out_channels=(64, 128, 256), attention_levels=(True, True, False),
+                             num_attention_heads=(2, 4, 8), cross_attention_dim=256, addition_time_embed_dim=64,
+                             num_frames=14), **kw})
+
+    @classmethod
+    def svd(cls, **kw) -> UNetConfig:
+        """stabilityai/stable-video-diffusion-img2vid: 14 frames, 1,524,623,082 parameters."""
+        return cls(**{**dict(num_frames=14), **kw})
+
+    @classmethod
+    def svd_xt(cls, **kw) -> UNetConfig:
+        """stabilityai/stable-video-diffusion-img2vid-xt: 25 frames, same architecture as `svd`."""
+        return cls(**{**dict(num_frames=25), **kw})
+
+    # ----- diffusers interop ------------------------------------------------------------------------
+    @classmethod
+    def from_diffusers(cls, config: dict, **kw) -> UNetConfig:
+        """Build from a diffusers `UNetSpatioTemporalConditionModel` config dict (config.json)."""
+        down = list(config.get("down_block_types", cls().to_diffusers()["down_block_types"]))
+        up = list(config.get("up_block_types", cls().to_diffusers()["up_block_types"]))
+        levels = tuple(t.startswith("CrossAttn") for t in down)
+        expected_up = ["CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in reversed(levels)]
+        if up != expected_up:
+            raise ValueError(f"up_block_types must mirror down_block_types: expected {expected_up}, got {up}")
+        n = len(down)
+
+        def per_level(v, name):
+            if isinstance(v, int):
+                return (v,) * n
+            if len(set(v)) != 1 and name in ("layers_per_block", "transformer_layers_per_block"):
+                raise ValueError(f"{name} must be the same on every level, got {v}")
+            return tuple(v)
+
+        d = cls()
+        cad = config.get("cross_attention_dim", d.cross_attention_dim)
+        if not isinstance(cad, int):
+            if len(set(cad)) != 1:
+                raise ValueError(f"cross_attention_dim must be one int, got {cad}")
+            cad = cad[0]
+        ated = config.get("addition_time_embed_dim", d.addition_time_embed_dim)
+        pcd = config.get("projection_class_embeddings_input_dim", ated * 3)
+        if pcd % ated:
+            raise ValueError(f"projection_class_embeddings_input_dim {pcd} is not a multiple of {ated}")
+        known = {"in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types",
+                 "layers_per_block", "num_attention_heads", "transformer_layers_per_block", "cross_attention_dim",
+                 "addition_time_embed_dim", "projection_class_embeddings_input_dim", "num_frames"}
+        return cls(**{**dict(
+            in_channels=config.get("in_channels", d.in_channels),
+            out_channels=config.get("out_channels", d.out_channels),
+            block_out_channels=tuple(config.get("block_out_channels", d.block_out_channels)),
+            attention_levels=levels,
+            layers_per_block=per_level(config.get("layers_per_block", 2), "layers_per_block")[0],
+            num_attention_heads=per_level(config.get("num_attention_heads", d.num_attention_heads), "heads"),
+            transformer_layers_per_block=per_level(config.get("transformer_layers_per_block", 1),
+                                                   "transformer_layers_per_block")[0],
+            cross_attention_dim=cad,
+            addition_time_embed_dim=ated,
+            num_added_time_ids=pcd // ated,
+            num_frames=config.get("num_frames", d.num_frames),
+            extra={k: v for k, v in config.items() if k not in known and not k.startswith("_")},
+        ), **kw})
+
+    def to_diffusers(self) -> dict:
+        """The equivalent diffusers `UNetSpatioTemporalConditionModel` config dict."""
+        return dict(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            down_block_types=[("CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal")
+                              for a in self.attention_levels],
+            up_block_types=[("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal")
+                            for a in reversed(self.attention_levels)],
+            block_out_channels=list(self.block_out_channels),
+            addition_time_embed_dim=self.addition_time_embed_dim,
+            projection_class_embeddings_input_dim=self.addition_time_embed_dim * self.num_added_time_ids,
+            layers_per_block=self.layers_per_block,
+            cross_attention_dim=self.cross_attention_dim,
+            transformer_layers_per_block=self.transformer_layers_per_block,
+            num_attention_heads=list(self.num_attention_heads),
+            num_frames=self.num_frames,
+        )
+
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        for name in ("attention_levels", "num_attention_heads"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"UNetConfig.{name} needs one entry per level ({n}), got {getattr(self, name)}")
+        for c in self.block_out_channels:
+            if c % 32:
+                raise ValueError(f"block_out_channels must be multiples of 32 (GroupNorm groups), got {c}")
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        self.num_attention_heads = tuple(self.num_attention_heads)
+
+    def replace(self, **kw) -> UNetConfig:
+        return replace(self, **kw)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class DownBlock(nn.Module):
+    """One resolution level going down: ResBlocks (each followed by a transformer if `attention`), then a
+    stride-2 conv. Every intermediate output is kept for the skip connections."""
+
+    def __init__(self, c_in, c_out, temb, n_layers, attention, heads, context_dim, depth, eps, downsample):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [SpatioTemporalResBlock(c_in if i == 0 else c_out, c_out, temb, eps=eps) for i in range(n_layers)]
+        )
+        self.attentions = nn.ModuleList(
+            [SpatioTemporalTransformer(c_out, heads, context_dim, depth) for _ in range(n_layers)] if attention else []
+        )
+        self.downsamplers = nn.ModuleList([Downsample(c_out)] if downsample else [])
+
+    def forward(self, x, temb, context, image_only_indicator):
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb, image_only_indicator)
+            if self.attentions:
+                x = self.attentions[i](x, context, image_only_indicator)
+            skips.append(x)
+        for down in self.downsamplers:
+            x = down(x)
+            skips.append(x)
+        return x, skips
+
+
+class MidBlock(nn.Module):
+    """ResBlock, transformer, ResBlock at the lowest resolution."""
+
+    def __init__(self, c, temb, heads, context_dim, depth, eps=1e-5):
+        super().__init__()
+        self.resnets = nn.ModuleList([SpatioTemporalResBlock(c, c, temb, eps=eps) for _ in range(2)])
+        self.attentions = nn.ModuleList([SpatioTemporalTransformer(c, heads, context_dim, depth)])
+
+    def forward(self, x, temb, context, image_only_indicator):
+        x = self.resnets[0](x, temb, image_only_indicator)
+        x = self.attentions[0](x, context, image_only_indicator)
+        return self.resnets[1](x, temb, image_only_indicator)
+
+
+class UpBlock(nn.Module):
+    """One resolution level going up: each ResBlock takes [x, skip] concatenated on channels."""
+
+    def __init__(self, c_prev, c_out, skip_channels, temb, attention, heads, context_dim, depth, eps, upsample):
+        super().__init__()
+        ins = [(c_prev if i == 0 else c_out) + s for i, s in enumerate(skip_channels)]
+        self.resnets = nn.ModuleList([SpatioTemporalResBlock(c, c_out, temb, eps=eps) for c in ins])
+        self.attentions = nn.ModuleList(
+            [SpatioTemporalTransformer(c_out, heads, context_dim, depth) for _ in ins] if attention else []
+        )
+        self.upsamplers = nn.ModuleList([Upsample(c_out)] if upsample else [])
+
+    def forward(self, x, skips, temb, context, image_only_indicator):
+        for i, resnet in enumerate(self.resnets):
+            x = torch.cat([x, skips.pop()], dim=1)  # (B*F, C + C_skip, H, W)
+            x = resnet(x, temb, image_only_indicator)
+            if self.attentions:
+                x = self.attentions[i](x, context, image_only_indicator)
+        for up in self.upsamplers:
+            x = up(x)
+        return x
+
+
+class UNet(nn.Module):
+    """The SVD UNet: sample (B, F, C_in, H, W) -> F_theta (B, F, C_out, H, W)."""
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        ch = cfg.block_out_channels
+        n = len(ch)
+        temb = ch[0] * 4  # time-embedding width
+        eps_down_attn = 1e-6 if cfg.diffusers_resnet_eps else 1e-5
+        eps_up = 1e-6 if cfg.diffusers_resnet_eps else 1e-5
+        depth = cfg.transformer_layers_per_block
+
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.time_embedding = TimestepEmbedding(ch[0], temb)  # c_noise -> (B, temb)
+        self.add_embedding = TimestepEmbedding(cfg.addition_time_embed_dim * cfg.num_added_time_ids, temb)
+
+        self.down_blocks = nn.ModuleList()
+        skip_channels = [ch[0]]  # channels of every tensor pushed on the skip stack, in order
+        c_prev = ch[0]
+        for i, c in enumerate(ch):
+            attn = cfg.attention_levels[i]
+            self.down_blocks.append(DownBlock(
+                c_prev, c, temb, cfg.layers_per_block, attn, cfg.num_attention_heads[i], cfg.cross_attention_dim,
+                depth, eps_down_attn if attn else 1e-5, downsample=i < n - 1,
+            ))
+            skip_channels += [c] * (cfg.layers_per_block + (1 if i < n - 1 else 0))
+            c_prev = c
+
+        self.mid_block = MidBlock(ch[-1], temb, cfg.num_attention_heads[-1], cfg.cross_attention_dim, depth)
+
+        self.up_blocks = nn.ModuleList()
+        for i, c in enumerate(reversed(ch)):
+            level = n - 1 - i
+            skips = [skip_channels.pop() for _ in range(cfg.layers_per_block + 1)]
+            self.up_blocks.append(UpBlock(
+                c_prev, c, skips, temb, cfg.attention_levels[level], cfg.num_attention_heads[level],
+                cfg.cross_attention_dim, depth, eps_up, upsample=level > 0,
+            ))
+            c_prev = c
+
+        self.conv_norm_out = GroupNorm32(32, ch[0], eps=1e-5)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+
+    # ----- input checks: clear errors instead of shape errors from deep inside torch ---------------------
+    def _check_inputs(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator):
+        cfg = self.config
+        if sample.ndim != 5:
+            raise ValueError(f"sample must be (B, F, C, H, W) = 5-D, got shape {tuple(sample.shape)}; "
+                             "for one video add a batch dim with sample[None]")
+        B, Fr, C, H, W = sample.shape
+        if C != cfg.in_channels:
+            raise ValueError(f"sample has {C} channels, this UNet expects in_channels={cfg.in_channels} "
+                             "(noisy latent + conditioning latent, concatenated on dim 2)")
+        factor = 2 ** (len(cfg.block_out_channels) - 1)
+        if H % factor or W % factor:
+            raise ValueError(f"latent H, W = {H}, {W} must be divisible by {factor} (the UNet downsamples "
+                             f"{len(cfg.block_out_channels) - 1} times); nearest valid: "
+                             f"{max(factor, round(H / factor) * factor)}x{max(factor, round(W / factor) * factor)}")
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != B \
+                or encoder_hidden_states.shape[-1] != cfg.cross_attention_dim:
+            raise ValueError(f"encoder_hidden_states must be (B={B}, tokens, {cfg.cross_attention_dim}), "
+                             f"got {tuple(encoder_hidden_states.shape)}")
+        if added_time_ids.shape != (B, cfg.num_added_time_ids):
+            raise ValueError(f"added_time_ids must be (B={B}, {cfg.num_added_time_ids}) = (fps_id, motion_bucket_id, "
+                             f"cond_aug) per video, got {tuple(added_time_ids.shape)}")
+        if torch.is_tensor(timestep) and timestep.ndim > 0 and timestep.numel() not in (1, B):
+            raise ValueError(f"timestep must be a scalar or have B={B} entries, got shape {tuple(timestep.shape)}")
+        if image_only_indicator is not None and tuple(image_only_indicator.shape) != (B, Fr):
+            raise ValueError(f"image_only_indicator must be (B, F) = ({B}, {Fr}), "
+                             f"got {tuple(image_only_indicator.shape)}")
+
+    def forward(
+        self,
+        sample: torch.Tensor,  # (B, F, C_in, H, W): c_in * noisy latent, concatenated with the cond latent
+        timestep: torch.Tensor | float,  # c_noise = 0.25 ln(sigma): scalar or (B,)
+        encoder_hidden_states: torch.Tensor,  # (B, L, D) CLIP image embedding (L = 1 in SVD)
+        added_time_ids: torch.Tensor,  # (B, 3): fps_id, motion_bucket_id, cond_aug
+        image_only_indicator: torch.Tensor | None = None,  # (B, F): 1 for images (alpha = 1), default 0
+    ) -> torch.Tensor:
+        self._check_inputs(sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator)
+        B, Fr = sample.shape[:2]
+        cfg = self.config
+        dtype = sample.dtype
+
+        # Time and micro-conditioning embeddings (sinusoids in float32, as the original code does)
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(B)
+        emb = self.time_embedding(sinusoidal_embedding(t, cfg.block_out_channels[0]).to(dtype))  # (B, temb)
+        ids = sinusoidal_embedding(added_time_ids.flatten(), cfg.addition_time_embed_dim)  # (B*3, d)
+        emb = emb + self.add_embedding(rearrange(ids, "(b n) d -> b (n d)", b=B).to(dtype))  # (B, temb)
+
+        # Frames become batch entries; every frame gets its video's embedding and CLIP token
+        x = rearrange(sample, "b f c h w -> (b f) c h w")
+        emb = repeat(emb, "b c -> (b f) c", f=Fr)
+        context = repeat(encoder_hidden_states, "b l d -> (b f) l d", f=Fr)
+        if image_only_indicator is None:
+            image_only_indicator = torch.zeros(B, Fr, dtype=dtype, device=sample.device)
+
+        x = self.conv_in(x)
+        skips = [x]
+        for block in self.down_blocks:
+            x, s = block(x, emb, context, image_only_indicator)
+            skips += s
+        x = self.mid_block(x, emb, context, image_only_indicator)
+        for block in self.up_blocks:
+            x = block(x, skips, emb, context, image_only_indicator)
+        x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
+        return rearrange(x, "(b f) c h w -> b f c h w", b=B)
+
+    # ----- convenience ------------------------------------------------------------------------------
+    def num_parameters(self, temporal_only: bool = False) -> int:
+        names = ("temporal", "time_mixer", "time_pos_embed")
+        return sum(p.numel() for n, p in self.named_parameters() if not temporal_only or any(s in n for s in names))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
