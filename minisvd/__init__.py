@@ -2,5 +2,6 @@
 
 from minisvd import edm  # noqa: F401
 from minisvd.device import pick_device  # noqa: F401
+from minisvd.unet import UNet, UNetConfig  # noqa: F401
 
 __version__ = "0.1.0"
