@@ -47,10 +47,9 @@ def threshold(values: np.ndarray, f: Filter) -> float:
 
 
 def passes(values: np.ndarray, f: Filter, thr: float) -> np.ndarray:
-    """Which clips survive: missing scores (NaN) do not pass."""
+    """Which clips survive: missing scores (NaN) do not pass; ties at the cut-off survive (when most clips
+    have no text at all, "drop the 25% with most text" must not drop the text-free ones)."""
     ok = np.isfinite(values)
-    if f.fraction > 0:  # a quantile drops the extreme tail strictly beyond the cut-off
-        return ok & ((values > thr) if f.keep == "high" else (values < thr))
     return ok & ((values >= thr) if f.keep == "high" else (values <= thr))
 
 
