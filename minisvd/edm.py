@@ -118,7 +118,9 @@ def loss_weight(sigma: float | torch.Tensor) -> torch.Tensor:
     return (1 + sigma**2) / sigma**2
 
 
-def denoise(network: Callable[..., torch.Tensor], x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+def denoise(
+    network: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float | torch.Tensor, **cond
+) -> torch.Tensor:
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (EDM Eq. 7); sigma is a scalar or (B,)."""
     B = x.shape[0]
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(B)  # (B,)
