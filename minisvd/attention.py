@@ -39,6 +39,13 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # (N, h, L, d)
         return self.to_out[0](rearrange(out, "n h l d -> n l (h d)"))
 
+    def attention_weights(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The softmax(Q K^T / sqrt(d)) matrix, (N, heads, L_q, L_k), for visualisation."""
+        context = x if context is None else context
+        q = rearrange(self.to_q(x), "n l (h d) -> n h l d", h=self.heads)
+        k = rearrange(self.to_k(context), "n l (h d) -> n h l d", h=self.heads)
+        return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+
 
 class GEGLU(nn.Module):
     """Gated GELU: a * GELU(b) where [a, b] = proj(x) (Shazeer 2020)."""
