@@ -52,8 +52,9 @@ def find_in_hf_cache(repo_id: str) -> Path | None:
     """The newest snapshot folder of `repo_id` in the local Hugging Face cache ($HF_HUB_CACHE), or None. Offline."""
     from huggingface_hub import snapshot_download
 
+    cache_dir = os.environ.get("HF_HUB_CACHE")  # read now, not at import, so a changed env var is seen
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means "not in the cache"
         return None
 
@@ -313,3 +314,29 @@ def save_diffusers_folder(pipe: ImageToVideo, folder: str | Path, variant: str |
         },
     )
     return folder
+
+
+# ----- tiny random weights for tests, notebooks and benchmarks ---------------------------------------------
+def tiny_random_pipeline(seed: int = 0, scale: float = 0.1, num_frames: int = 8) -> ImageToVideo:
+    """A CPU-sized SVD with random weights (every parameter, zero-init ones too): UNet `tiny`, VAE `tiny`,
+    a 2-layer CLIP ViT at 224 px. Same code paths as the real model; H and W multiples of 8."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = UNet(UNetConfig.tiny(num_frames=num_frames))
+    vae = VideoVAE(VAEConfig.tiny())
+    clip_config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=32,
+        projection_dim=unet.config.cross_attention_dim,
+    )
+    clip = CLIPVisionModelWithProjection(clip_config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for model in (unet, vae, clip):
+            for _, p in sorted(model.named_parameters()):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return ImageToVideo(unet.eval(), vae.eval(), clip.eval())
