@@ -66,7 +66,16 @@ def worker(impl: str, folder: str, args: argparse.Namespace) -> dict:
         decode_chunk_size=args.chunk,
         max_guidance_scale=3.0,
     )
-    if impl == "diffusers":
+    if impl.startswith("minisvd-"):  # memory-table rows: minisvd-<dtype>-<chunk>
+        from minisvd.pretrained import load_pipeline
+
+        _, dtype, chunk = impl.split("-")
+        kw["decode_chunk_size"] = None if chunk == "all" else int(chunk)
+        pipe = load_pipeline(folder, dtype=dtype)
+
+        def run(seed):
+            return pipe(img, generator=torch.Generator().manual_seed(seed), **kw)
+    elif impl == "diffusers":
         from diffusers import StableVideoDiffusionPipeline
 
         pipe = StableVideoDiffusionPipeline.from_pretrained(folder)
@@ -112,6 +121,7 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: least noise on shared CPUs)"
     )
+    p.add_argument("--memory-table", action="store_true", help="minisvd only: fp32/bf16 x decode chunk sizes")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -125,7 +135,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tiny_random_pipeline(seed=0, num_frames=args.frames).save_pretrained(tmp)
         results = {}
-        for impl in ("diffusers", "minisvd"):
+        impls = ("diffusers", "minisvd")
+        if args.memory_table:
+            impls = tuple(f"minisvd-{d}-{c}" for d in ("fp32", "bf16") for c in ("all", "2"))
+        for impl in impls:
             cmd = [sys.executable, __file__, "--worker", impl, "--folder", tmp] + [
                 f"--{k}={getattr(args, k)}"
                 for k in ("height", "width", "frames", "steps", "chunk", "repeats", "threads")
@@ -135,6 +148,17 @@ def main() -> None:
             ).stdout
             results[impl] = json.loads(out.strip().splitlines()[-1])
 
+    if args.memory_table:
+        print(
+            f"setting: {args.frames} frames {args.height}x{args.width}, {args.steps} steps, CPU, median of "
+            f"{args.repeats}"
+        )
+        print("| dtype | decode chunk | time per video (s) | peak extra RSS (MiB) |")
+        print("|---|---|---|---|")
+        for impl, r in results.items():
+            _, dtype, chunk = impl.split("-")
+            print(f"| {dtype} | {chunk} | {float(np.median(r['times'])):.2f} | {r['peak_extra_mb']:.1f} |")
+        return
     d, m = results["diffusers"], results["minisvd"]
     diff = float(np.abs(np.array(d["frames"]) - np.array(m["frames"])).max())
     td, tm = float(np.median(d["times"])), float(np.median(m["times"]))
