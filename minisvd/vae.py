@@ -72,8 +72,8 @@ class VAEConfig:
 
     @classmethod
     def tiny(cls) -> VAEConfig:
-        """A CPU-sized VAE for tests and notebooks: 3 levels (latents 4x smaller than images), 2 ResBlocks per level."""
-        return cls(block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=32)
+        """A CPU-sized VAE for tests and notebooks: 2 levels (latents 2x smaller), the original-code fixture's size."""
+        return cls(block_out_channels=(32, 64), layers_per_block=2, sample_size=32)
 
     @classmethod
     def from_diffusers(cls, config: dict[str, Any]) -> VAEConfig:
@@ -424,6 +424,24 @@ class VideoVAE(nn.Module):
         posterior = self.encode(images)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z, num_frames, chunk_size=chunk_size, image_only=image_only), posterior
+
+    @torch.no_grad()
+    def init_temporal_as_identity(self) -> VideoVAE:
+        """Make the temporal layers pass frames through unchanged, so the video decoder starts as the image decoder.
+
+        Zeroes the last conv of every temporal ResBlock (it then returns its input, so the blend returns
+        the spatial path whatever the mix factor) and sets `time_conv_out` to the identity (middle tap 1).
+        A safe starting point for finetuning the temporal layers on video, as SVD does (App. D.1).
+        """
+        for name, module in self.named_modules():
+            if name.endswith("temporal_res_block"):
+                nn.init.zeros_(module.conv2.weight)
+                nn.init.zeros_(module.conv2.bias)
+        conv = self.decoder.time_conv_out
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        conv.weight[:, :, 1, 0, 0] = torch.eye(conv.out_channels, conv.in_channels)
+        return self
 
     def temporal_parameters(self) -> list[nn.Parameter]:
         """The parameters SVD adds to the image decoder: temporal ResBlocks, their mix factors, time_conv_out."""
