@@ -205,9 +205,13 @@ def test_callback_sees_every_step_and_sizes_are_checked(tiny):
     assert frames.shape == (4, 3, 32, 40) and 0 <= frames.min() and frames.max() <= 1
     assert [s[0] for s in seen] == [0, 1, 2]
     assert seen[0][1] == pytest.approx(700.0) and seen[-1][1] > 0.002 - 1e-6  # Karras sigmas, high to low
-    assert seen[0][2] == (1, 4, 4, 8, 10)  # (B, F, C_z, h, w) with the tiny VAE's factor 4
-    with pytest.raises(ValueError, match="nearest valid: 32x40"):
-        tiny(make_image(), height=30, width=42)
+    f = tiny.vae.config.downsample_factor
+    assert seen[0][2] == (1, 4, 4, 32 // f, 40 // f)  # (B, F, C_z, h, w)
+    m = tiny.size_multiple
+    with pytest.raises(
+        ValueError, match=f"multiples of {m}.*nearest valid: {m * round(33 / m)}x{m * round(41 / m)}"
+    ):
+        tiny(make_image(), height=m * round(33 / m) + 1, width=m * round(41 / m) + 1)
 
 
 def test_cpu_offload_gives_the_same_frames(tiny):
