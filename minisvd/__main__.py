@@ -34,7 +34,9 @@ def cmd_env(args: argparse.Namespace) -> int:
             print(f"OK    {pip_name:<22} {version:<14} {why}")
         except Exception as e:  # noqa: BLE001 - we report any import failure
             failed += 1
-            print(f"FAIL  {pip_name:<22} {'-':<14} {why}: {type(e).__name__}: {e}  (fix: pip install {pip_name})")
+            print(
+                f"FAIL  {pip_name:<22} {'-':<14} {why}: {type(e).__name__}: {e}  (fix: pip install {pip_name})"
+            )
     from minisvd.device import pick_device
 
     dev = pick_device()

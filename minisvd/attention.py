@@ -64,7 +64,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4):
         super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim_out or dim)])
+        self.net = nn.ModuleList(
+            [GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim_out or dim)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
@@ -146,7 +148,9 @@ class SpatioTemporalTransformer(nn.Module):
         x = self.proj_in(x)  # (B*F, H*W, C)
 
         frame_idx = torch.arange(num_frames, device=x.device).repeat(bf // num_frames)  # (B*F,)
-        frame_emb = self.time_pos_embed(sinusoidal_embedding(frame_idx, c).to(x.dtype))[:, None, :]  # (B*F, 1, C)
+        frame_emb = self.time_pos_embed(sinusoidal_embedding(frame_idx, c).to(x.dtype))[
+            :, None, :
+        ]  # (B*F, 1, C)
 
         for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
             x = block(x, context)
@@ -154,4 +158,6 @@ class SpatioTemporalTransformer(nn.Module):
             x = self.time_mixer(x, x_temporal, image_only_indicator)
 
         x = self.proj_out(x)
-        return rearrange(x, "n (h w) c -> n c h w", h=h) + residual
+        # .contiguous(): a permuted view here would look channels-last to the next convolution, which then
+        # copies its weights into that layout on every call (measured: 1.4x slower at SVD size on CPU)
+        return rearrange(x, "n (h w) c -> n c h w", h=h).contiguous() + residual

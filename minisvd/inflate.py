@@ -27,11 +27,21 @@ def zero_init_temporal_(model: nn.Module) -> nn.Module:
 
 def is_temporal_key(name: str) -> bool:
     """True for parameters that the video model adds to the image model."""
-    return any(s in name for s in ("temporal_res_block", "temporal_transformer_blocks", "time_mixer",
-                                   "time_pos_embed", "time_conv_out"))
+    return any(
+        s in name
+        for s in (
+            "temporal_res_block",
+            "temporal_transformer_blocks",
+            "time_mixer",
+            "time_pos_embed",
+            "time_conv_out",
+        )
+    )
 
 
-def inflate_from_image_weights(video_model: nn.Module, image_state_dict: dict[str, torch.Tensor]) -> list[str]:
+def inflate_from_image_weights(
+    video_model: nn.Module, image_state_dict: dict[str, torch.Tensor]
+) -> list[str]:
     """Copy image weights into the spatial layers of `video_model`; return the temporal keys left new.
 
     `image_state_dict` uses the same names as the video model minus the temporal layers (what you get
@@ -40,11 +50,16 @@ def inflate_from_image_weights(video_model: nn.Module, image_state_dict: dict[st
     own = video_model.state_dict()
     spatial = [k for k in own if not is_temporal_key(k)]
     missing = [k for k in spatial if k not in image_state_dict]
-    bad = [f"{k}: {tuple(own[k].shape)} vs {tuple(image_state_dict[k].shape)}" for k in spatial
-           if k in image_state_dict and own[k].shape != image_state_dict[k].shape]
+    bad = [
+        f"{k}: {tuple(own[k].shape)} vs {tuple(image_state_dict[k].shape)}"
+        for k in spatial
+        if k in image_state_dict and own[k].shape != image_state_dict[k].shape
+    ]
     if missing or bad:
-        raise ValueError(f"image weights do not fit the video model's spatial layers: missing {missing[:10]}, "
-                         f"mis-shaped {bad[:10]}")
+        raise ValueError(
+            f"image weights do not fit the video model's spatial layers: missing {missing[:10]}, "
+            f"mis-shaped {bad[:10]}"
+        )
     with torch.no_grad():
         for k in spatial:
             own[k].copy_(image_state_dict[k])

@@ -46,23 +46,46 @@ class UNetConfig:
     addition_time_embed_dim: int = 256  # sinusoidal width of each added time id
     num_added_time_ids: int = 3  # fps_id, motion_bucket_id, cond_aug
     num_frames: int = 25  # frames the weights were trained for (14 for SVD, 25 for SVD-XT)
-    diffusers_resnet_eps: bool = False  # True: diffusers' GroupNorm eps 1e-6 in 72 ResBlock norms (see module doc)
+    diffusers_resnet_eps: bool = (
+        False  # True: diffusers' GroupNorm eps 1e-6 in 72 ResBlock norms (see module doc)
+    )
     extra: dict = field(default_factory=dict, repr=False)  # config keys we carry but do not use
 
     # ----- size presets -------------------------------------------------------------------------------
     @classmethod
     def tiny(cls, **kw) -> UNetConfig:
         """Trains on a laptop CPU in minutes (1,308,432 parameters)."""
-        return cls(**{**dict(block_out_channels=(32, 64), attention_levels=(True, False), layers_per_block=1,
-                             num_attention_heads=(2, 4), cross_attention_dim=32, addition_time_embed_dim=32,
-                             num_frames=8), **kw})
+        return cls(
+            **{
+                **dict(
+                    block_out_channels=(32, 64),
+                    attention_levels=(True, False),
+                    layers_per_block=1,
+                    num_attention_heads=(2, 4),
+                    cross_attention_dim=32,
+                    addition_time_embed_dim=32,
+                    num_frames=8,
+                ),
+                **kw,
+            }
+        )
 
     @classmethod
     def small(cls, **kw) -> UNetConfig:
         """Minutes per epoch on a GPU, still runs on CPU (29,403,360 parameters)."""
-        return cls(**{**dict(block_out_channels=(64, 128, 256), attention_levels=(True, True, False),
-                             num_attention_heads=(2, 4, 8), cross_attention_dim=256, addition_time_embed_dim=64,
-                             num_frames=14), **kw})
+        return cls(
+            **{
+                **dict(
+                    block_out_channels=(64, 128, 256),
+                    attention_levels=(True, True, False),
+                    num_attention_heads=(2, 4, 8),
+                    cross_attention_dim=256,
+                    addition_time_embed_dim=64,
+                    num_frames=14,
+                ),
+                **kw,
+            }
+        )
 
     @classmethod
     def svd(cls, **kw) -> UNetConfig:
@@ -81,7 +104,9 @@ class UNetConfig:
         down = list(config.get("down_block_types", cls().to_diffusers()["down_block_types"]))
         up = list(config.get("up_block_types", cls().to_diffusers()["up_block_types"]))
         levels = tuple(t.startswith("CrossAttn") for t in down)
-        expected_up = ["CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in reversed(levels)]
+        expected_up = [
+            "CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in reversed(levels)
+        ]
         if up != expected_up:
             raise ValueError(f"up_block_types must mirror down_block_types: expected {expected_up}, got {up}")
         n = len(down)
@@ -103,34 +128,57 @@ class UNetConfig:
         pcd = config.get("projection_class_embeddings_input_dim", ated * 3)
         if pcd % ated:
             raise ValueError(f"projection_class_embeddings_input_dim {pcd} is not a multiple of {ated}")
-        known = {"in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types",
-                 "layers_per_block", "num_attention_heads", "transformer_layers_per_block", "cross_attention_dim",
-                 "addition_time_embed_dim", "projection_class_embeddings_input_dim", "num_frames"}
-        return cls(**{**dict(
-            in_channels=config.get("in_channels", d.in_channels),
-            out_channels=config.get("out_channels", d.out_channels),
-            block_out_channels=tuple(config.get("block_out_channels", d.block_out_channels)),
-            attention_levels=levels,
-            layers_per_block=per_level(config.get("layers_per_block", 2), "layers_per_block")[0],
-            num_attention_heads=per_level(config.get("num_attention_heads", d.num_attention_heads), "heads"),
-            transformer_layers_per_block=per_level(config.get("transformer_layers_per_block", 1),
-                                                   "transformer_layers_per_block")[0],
-            cross_attention_dim=cad,
-            addition_time_embed_dim=ated,
-            num_added_time_ids=pcd // ated,
-            num_frames=config.get("num_frames", d.num_frames),
-            extra={k: v for k, v in config.items() if k not in known and not k.startswith("_")},
-        ), **kw})
+        known = {
+            "in_channels",
+            "out_channels",
+            "block_out_channels",
+            "down_block_types",
+            "up_block_types",
+            "layers_per_block",
+            "num_attention_heads",
+            "transformer_layers_per_block",
+            "cross_attention_dim",
+            "addition_time_embed_dim",
+            "projection_class_embeddings_input_dim",
+            "num_frames",
+        }
+        return cls(
+            **{
+                **dict(
+                    in_channels=config.get("in_channels", d.in_channels),
+                    out_channels=config.get("out_channels", d.out_channels),
+                    block_out_channels=tuple(config.get("block_out_channels", d.block_out_channels)),
+                    attention_levels=levels,
+                    layers_per_block=per_level(config.get("layers_per_block", 2), "layers_per_block")[0],
+                    num_attention_heads=per_level(
+                        config.get("num_attention_heads", d.num_attention_heads), "heads"
+                    ),
+                    transformer_layers_per_block=per_level(
+                        config.get("transformer_layers_per_block", 1), "transformer_layers_per_block"
+                    )[0],
+                    cross_attention_dim=cad,
+                    addition_time_embed_dim=ated,
+                    num_added_time_ids=pcd // ated,
+                    num_frames=config.get("num_frames", d.num_frames),
+                    extra={k: v for k, v in config.items() if k not in known and not k.startswith("_")},
+                ),
+                **kw,
+            }
+        )
 
     def to_diffusers(self) -> dict:
         """The equivalent diffusers `UNetSpatioTemporalConditionModel` config dict."""
         return dict(
             in_channels=self.in_channels,
             out_channels=self.out_channels,
-            down_block_types=[("CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal")
-                              for a in self.attention_levels],
-            up_block_types=[("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal")
-                            for a in reversed(self.attention_levels)],
+            down_block_types=[
+                ("CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal")
+                for a in self.attention_levels
+            ],
+            up_block_types=[
+                ("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal")
+                for a in reversed(self.attention_levels)
+            ],
             block_out_channels=list(self.block_out_channels),
             addition_time_embed_dim=self.addition_time_embed_dim,
             projection_class_embeddings_input_dim=self.addition_time_embed_dim * self.num_added_time_ids,
@@ -145,7 +193,9 @@ class UNetConfig:
         n = len(self.block_out_channels)
         for name in ("attention_levels", "num_attention_heads"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"UNetConfig.{name} needs one entry per level ({n}), got {getattr(self, name)}")
+                raise ValueError(
+                    f"UNetConfig.{name} needs one entry per level ({n}), got {getattr(self, name)}"
+                )
         for c in self.block_out_channels:
             if c % 32:
                 raise ValueError(f"block_out_channels must be multiples of 32 (GroupNorm groups), got {c}")
@@ -170,7 +220,9 @@ class DownBlock(nn.Module):
             [SpatioTemporalResBlock(c_in if i == 0 else c_out, c_out, temb, eps=eps) for i in range(n_layers)]
         )
         self.attentions = nn.ModuleList(
-            [SpatioTemporalTransformer(c_out, heads, context_dim, depth) for _ in range(n_layers)] if attention else []
+            [SpatioTemporalTransformer(c_out, heads, context_dim, depth) for _ in range(n_layers)]
+            if attention
+            else []
         )
         self.downsamplers = nn.ModuleList([Downsample(c_out)] if downsample else [])
 
@@ -204,7 +256,9 @@ class MidBlock(nn.Module):
 class UpBlock(nn.Module):
     """One resolution level going up: each ResBlock takes [x, skip] concatenated on channels."""
 
-    def __init__(self, c_prev, c_out, skip_channels, temb, attention, heads, context_dim, depth, eps, upsample):
+    def __init__(
+        self, c_prev, c_out, skip_channels, temb, attention, heads, context_dim, depth, eps, upsample
+    ):
         super().__init__()
         ins = [(c_prev if i == 0 else c_out) + s for i, s in enumerate(skip_channels)]
         self.resnets = nn.ModuleList([SpatioTemporalResBlock(c, c_out, temb, eps=eps) for c in ins])
@@ -246,10 +300,20 @@ class UNet(nn.Module):
         c_prev = ch[0]
         for i, c in enumerate(ch):
             attn = cfg.attention_levels[i]
-            self.down_blocks.append(DownBlock(
-                c_prev, c, temb, cfg.layers_per_block, attn, cfg.num_attention_heads[i], cfg.cross_attention_dim,
-                depth, eps_down_attn if attn else 1e-5, downsample=i < n - 1,
-            ))
+            self.down_blocks.append(
+                DownBlock(
+                    c_prev,
+                    c,
+                    temb,
+                    cfg.layers_per_block,
+                    attn,
+                    cfg.num_attention_heads[i],
+                    cfg.cross_attention_dim,
+                    depth,
+                    eps_down_attn if attn else 1e-5,
+                    downsample=i < n - 1,
+                )
+            )
             skip_channels += [c] * (cfg.layers_per_block + (1 if i < n - 1 else 0))
             c_prev = c
 
@@ -259,10 +323,20 @@ class UNet(nn.Module):
         for i, c in enumerate(reversed(ch)):
             level = n - 1 - i
             skips = [skip_channels.pop() for _ in range(cfg.layers_per_block + 1)]
-            self.up_blocks.append(UpBlock(
-                c_prev, c, skips, temb, cfg.attention_levels[level], cfg.num_attention_heads[level],
-                cfg.cross_attention_dim, depth, eps_up, upsample=level > 0,
-            ))
+            self.up_blocks.append(
+                UpBlock(
+                    c_prev,
+                    c,
+                    skips,
+                    temb,
+                    cfg.attention_levels[level],
+                    cfg.num_attention_heads[level],
+                    cfg.cross_attention_dim,
+                    depth,
+                    eps_up,
+                    upsample=level > 0,
+                )
+            )
             c_prev = c
 
         self.conv_norm_out = GroupNorm32(32, ch[0], eps=1e-5)
@@ -273,29 +347,45 @@ class UNet(nn.Module):
     def _check_inputs(self, sample, timestep, encoder_hidden_states, added_time_ids, image_only_indicator):
         cfg = self.config
         if sample.ndim != 5:
-            raise ValueError(f"sample must be (B, F, C, H, W) = 5-D, got shape {tuple(sample.shape)}; "
-                             "for one video add a batch dim with sample[None]")
+            raise ValueError(
+                f"sample must be (B, F, C, H, W) = 5-D, got shape {tuple(sample.shape)}; "
+                "for one video add a batch dim with sample[None]"
+            )
         B, Fr, C, H, W = sample.shape
         if C != cfg.in_channels:
-            raise ValueError(f"sample has {C} channels, this UNet expects in_channels={cfg.in_channels} "
-                             "(noisy latent + conditioning latent, concatenated on dim 2)")
+            raise ValueError(
+                f"sample has {C} channels, this UNet expects in_channels={cfg.in_channels} "
+                "(noisy latent + conditioning latent, concatenated on dim 2)"
+            )
         factor = 2 ** (len(cfg.block_out_channels) - 1)
         if H % factor or W % factor:
-            raise ValueError(f"latent H, W = {H}, {W} must be divisible by {factor} (the UNet downsamples "
-                             f"{len(cfg.block_out_channels) - 1} times); nearest valid: "
-                             f"{max(factor, round(H / factor) * factor)}x{max(factor, round(W / factor) * factor)}")
-        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != B \
-                or encoder_hidden_states.shape[-1] != cfg.cross_attention_dim:
-            raise ValueError(f"encoder_hidden_states must be (B={B}, tokens, {cfg.cross_attention_dim}), "
-                             f"got {tuple(encoder_hidden_states.shape)}")
+            raise ValueError(
+                f"latent H, W = {H}, {W} must be divisible by {factor} (the UNet downsamples "
+                f"{len(cfg.block_out_channels) - 1} times); nearest valid: "
+                f"{max(factor, round(H / factor) * factor)}x{max(factor, round(W / factor) * factor)}"
+            )
+        if (
+            encoder_hidden_states.ndim != 3
+            or encoder_hidden_states.shape[0] != B
+            or encoder_hidden_states.shape[-1] != cfg.cross_attention_dim
+        ):
+            raise ValueError(
+                f"encoder_hidden_states must be (B={B}, tokens, {cfg.cross_attention_dim}), "
+                f"got {tuple(encoder_hidden_states.shape)}"
+            )
         if added_time_ids.shape != (B, cfg.num_added_time_ids):
-            raise ValueError(f"added_time_ids must be (B={B}, {cfg.num_added_time_ids}) = (fps_id, motion_bucket_id, "
-                             f"cond_aug) per video, got {tuple(added_time_ids.shape)}")
+            raise ValueError(
+                f"added_time_ids must be (B={B}, {cfg.num_added_time_ids}) = (fps_id, motion_bucket_id, "
+                f"cond_aug) per video, got {tuple(added_time_ids.shape)}"
+            )
         if torch.is_tensor(timestep) and timestep.ndim > 0 and timestep.numel() not in (1, B):
-            raise ValueError(f"timestep must be a scalar or have B={B} entries, got shape {tuple(timestep.shape)}")
+            raise ValueError(
+                f"timestep must be a scalar or have B={B} entries, got shape {tuple(timestep.shape)}"
+            )
         if image_only_indicator is not None and tuple(image_only_indicator.shape) != (B, Fr):
-            raise ValueError(f"image_only_indicator must be (B, F) = ({B}, {Fr}), "
-                             f"got {tuple(image_only_indicator.shape)}")
+            raise ValueError(
+                f"image_only_indicator must be (B, F) = ({B}, {Fr}), got {tuple(image_only_indicator.shape)}"
+            )
 
     def forward(
         self,
@@ -337,7 +427,9 @@ class UNet(nn.Module):
     # ----- convenience ------------------------------------------------------------------------------
     def num_parameters(self, temporal_only: bool = False) -> int:
         names = ("temporal", "time_mixer", "time_pos_embed")
-        return sum(p.numel() for n, p in self.named_parameters() if not temporal_only or any(s in n for s in names))
+        return sum(
+            p.numel() for n, p in self.named_parameters() if not temporal_only or any(s in n for s in names)
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -346,4 +438,3 @@ class UNet(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.conv_in.weight.device
-

@@ -33,7 +33,9 @@ def unet_inputs(cfg: UNetConfig, B=2, F=3, H=8, W=8, seed=0):
 
 def test_fixture_parity_with_original_code():
     unet, ref = fixture_unet()
-    out = unet(ref["unet.sample"], ref["unet.c_noise"], ref["unet.encoder_hidden_states"], ref["unet.added_time_ids"])
+    out = unet(
+        ref["unet.sample"], ref["unet.c_noise"], ref["unet.encoder_hidden_states"], ref["unet.added_time_ids"]
+    )
     expected = ref["unet.expected"]
     err = max_abs_diff(out, expected)
     print(f"UNet vs original code: max abs diff {err:.3g} (scale {expected.abs().max():.3g})")
@@ -62,8 +64,7 @@ def test_original_key_table_full_size_examples():
         "input_blocks.3.0.op.weight": "down_blocks.0.downsamplers.0.conv.weight",
         "output_blocks.2.1.conv.weight": "up_blocks.0.upsamplers.0.conv.weight",
         "output_blocks.5.2.conv.weight": "up_blocks.1.upsamplers.0.conv.weight",
-        "output_blocks.11.1.time_stack.0.attn1.to_q.weight":
-            "up_blocks.3.attentions.2.temporal_transformer_blocks.0.attn1.to_q.weight",
+        "output_blocks.11.1.time_stack.0.attn1.to_q.weight": "up_blocks.3.attentions.2.temporal_transformer_blocks.0.attn1.to_q.weight",
         "middle_block.1.time_pos_embed.2.bias": "mid_block.attentions.0.time_pos_embed.linear_2.bias",
         "input_blocks.11.0.time_mixer.mix_factor": "down_blocks.3.resnets.1.time_mixer.mix_factor",
     }
@@ -77,8 +78,9 @@ def test_original_key_table_full_size_examples():
 
 def test_unknown_original_key_is_named():
     with pytest.raises(ValueError, match="input_blocks.99.0"):
-        convert_unet_state_dict({"model.diffusion_model.input_blocks.99.0.in_layers.0.weight": torch.zeros(1)},
-                                UNetConfig.tiny())
+        convert_unet_state_dict(
+            {"model.diffusion_model.input_blocks.99.0.in_layers.0.weight": torch.zeros(1)}, UNetConfig.tiny()
+        )
 
 
 @pytest.mark.parametrize("preset,frames", [("svd", 14), ("svd_xt", 25)])
@@ -97,10 +99,15 @@ def test_full_size_parameter_count(preset, frames):
 
 CONFIGS = {
     "fixture": fixture_meta()["equivalent_diffusers_unet_config"],
-    "three_levels": UNetConfig(block_out_channels=(32, 64, 64), attention_levels=(True, True, False),
-                               num_attention_heads=(2, 2, 4), cross_attention_dim=40,
-                               addition_time_embed_dim=16, layers_per_block=1,
-                               transformer_layers_per_block=2).to_diffusers(),
+    "three_levels": UNetConfig(
+        block_out_channels=(32, 64, 64),
+        attention_levels=(True, True, False),
+        num_attention_heads=(2, 2, 4),
+        cross_attention_dim=40,
+        addition_time_embed_dim=16,
+        layers_per_block=1,
+        transformer_layers_per_block=2,
+    ).to_diffusers(),
 }
 
 
@@ -138,7 +145,9 @@ def test_image_only_indicator_gives_the_image_model():
     x, t, ehs, ids = unet_inputs(cfg, B=1, F=4)
     ones = torch.ones(1, 4)
     whole = unet(x, t, ehs, ids, image_only_indicator=ones)
-    per_frame = torch.cat([unet(x[:, i:i + 1], t, ehs, ids, image_only_indicator=ones[:, :1]) for i in range(4)], 1)
+    per_frame = torch.cat(
+        [unet(x[:, i : i + 1], t, ehs, ids, image_only_indicator=ones[:, :1]) for i in range(4)], 1
+    )
     assert max_abs_diff(whole, per_frame) < 1e-5
     assert max_abs_diff(whole, unet(x, t, ehs, ids)) > 1e-3  # and video mode does mix frames
 

@@ -59,7 +59,10 @@ def unet_key_table(config: UNetConfig) -> dict[str, tuple[str, str]]:
             if config.attention_levels[i]:
                 table[f"input_blocks.{k}.1."] = (f"down_blocks.{i}.attentions.{j}.", "transformer")
         if i < n - 1:
-            table[f"input_blocks.{1 + i * (L + 1) + L}.0.op."] = (f"down_blocks.{i}.downsamplers.0.conv.", "plain")
+            table[f"input_blocks.{1 + i * (L + 1) + L}.0.op."] = (
+                f"down_blocks.{i}.downsamplers.0.conv.",
+                "plain",
+            )
     table["middle_block.0."] = ("mid_block.resnets.0.", "resblock")
     table["middle_block.1."] = ("mid_block.attentions.0.", "transformer")
     table["middle_block.2."] = ("mid_block.resnets.1.", "resblock")
@@ -72,7 +75,10 @@ def unet_key_table(config: UNetConfig) -> dict[str, tuple[str, str]]:
                 table[f"output_blocks.{k}.1."] = (f"up_blocks.{i}.attentions.{j}.", "transformer")
         if i < n - 1:
             k = i * (L + 1) + L
-            table[f"output_blocks.{k}.{2 if attn else 1}.conv."] = (f"up_blocks.{i}.upsamplers.0.conv.", "plain")
+            table[f"output_blocks.{k}.{2 if attn else 1}.conv."] = (
+                f"up_blocks.{i}.upsamplers.0.conv.",
+                "plain",
+            )
     return table
 
 
@@ -80,12 +86,12 @@ def _rename_inner(rest: str, kind: str) -> str:
     if kind == "transformer":
         for a, b in TRANSFORMER_RENAMES:
             if rest.startswith(a):
-                return b + rest[len(a):]
+                return b + rest[len(a) :]
         return rest  # norm, proj_in, proj_out, transformer_blocks.*, time_mixer.* keep their names
     if kind == "resblock":
         for a, b in VIDEO_RESBLOCK_RENAMES:
             if rest.startswith(a):
-                head, rest = b, rest[len(a):]
+                head, rest = b, rest[len(a) :]
                 break
         else:
             head = "spatial_res_block."
@@ -93,7 +99,7 @@ def _rename_inner(rest: str, kind: str) -> str:
             return head + rest
         for a, b in RESBLOCK_RENAMES:
             if rest.startswith(a):
-                return head + b + rest[len(a):]
+                return head + b + rest[len(a) :]
         raise KeyError(rest)
     return rest
 
@@ -106,14 +112,19 @@ def convert_unet_state_dict(original: dict[str, torch.Tensor], config: UNetConfi
     out, unplaced = {}, []
     for key, value in original.items():
         if key.startswith(PREFIX):
-            key = key[len(PREFIX):]
-        elif "." in key and key.split(".")[0] in ("first_stage_model", "conditioner", "model_ema", "denoiser"):
+            key = key[len(PREFIX) :]
+        elif "." in key and key.split(".")[0] in (
+            "first_stage_model",
+            "conditioner",
+            "model_ema",
+            "denoiser",
+        ):
             continue  # other parts of a full checkpoint
         for p in prefixes:
             if key.startswith(p):
                 ours, kind = table[p]
                 try:
-                    out[ours + _rename_inner(key[len(p):], kind)] = value
+                    out[ours + _rename_inner(key[len(p) :], kind)] = value
                 except KeyError:
                     unplaced.append(key)
                 break
