@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,31 @@ def test_cascade_beats_pyscenedetect_content(cut_results):
             r = match_transitions(found, v["transitions"])
             tot[name] = tot[name] + r["cut"] + r["gradual"]
     assert tot["ours"].f1 >= tot["content"].f1
+
+
+def test_cascade_faster_than_pyscenedetect_content():
+    """Speed, decoding included, both timed in this process in interleaved rounds (best of 3).
+
+    The benchmark measures ~4x on the whole sample set (docs/curation.md); the test asks for 1.5x so
+    that load from other processes on a shared machine does not make it fail, while a change that
+    loses most of the gain still does.
+    """
+    sd = pytest.importorskip("scenedetect")
+    files = [str(DATA / v["file"]) for v in MANIFEST["videos"][:4]]
+
+    def content(path):
+        sm = sd.SceneManager()
+        sm.add_detector(sd.ContentDetector())
+        sm.detect_scenes(sd.open_video(path, backend="pyav"))
+
+    best = {"ours": float("inf"), "content": float("inf")}
+    for _ in range(3):
+        for name, fn in (("ours", detect_cuts), ("content", content)):
+            t0 = time.perf_counter()
+            for f in files:
+                fn(f)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    assert best["content"] / best["ours"] >= 1.5, best
 
 
 def test_flash_is_not_a_cut(cut_results):
