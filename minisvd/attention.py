@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
 from minisvd.embeddings import TimestepEmbedding, sinusoidal_embedding
@@ -33,15 +33,32 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
+        """x (N, L, C) attends to context (N_c, L_c, D); each context row serves N / N_c consecutive rows of x."""
+        if context is None:
+            context = x
+        elif context.shape[1] == 1:
+            # One key (SVD's single CLIP token): softmax over one logit is exactly 1, so every query
+            # receives V. Same result as the general path below, without Q, K or the attention matrix.
+            out = self.to_out[0](self.to_v(context))  # (N_c, 1, C)
+            return self._per_query_row(out, x.shape[0]).expand(-1, x.shape[1], -1)  # (N, L, C)
+        context = self._per_query_row(context, x.shape[0])
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (N, L, h*d)
         q, k, v = (rearrange(t, "n l (h d) -> n h l d", h=self.heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)  # (N, h, L, d)
         return self.to_out[0](rearrange(out, "n h l d -> n l (h d)"))
 
+    @staticmethod
+    def _per_query_row(t: torch.Tensor, n: int) -> torch.Tensor:
+        """Repeat each row of t (N_c, ...) for N / N_c consecutive query rows."""
+        if t.shape[0] == n:
+            return t
+        if n % t.shape[0]:
+            raise ValueError(f"context batch {t.shape[0]} does not divide the query batch {n}")
+        return t.repeat_interleave(n // t.shape[0], dim=0)
+
     def attention_weights(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The softmax(Q K^T / sqrt(d)) matrix, (N, heads, L_q, L_k), for visualisation."""
-        context = x if context is None else context
+        context = x if context is None else self._per_query_row(context, x.shape[0])
         q = rearrange(self.to_q(x), "n l (h d) -> n h l d", h=self.heads)
         k = rearrange(self.to_k(context), "n l (h d) -> n h l d", h=self.heads)
         return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
@@ -139,9 +156,9 @@ class SpatioTemporalTransformer(nn.Module):
     ) -> torch.Tensor:
         bf, c, h, w = x.shape  # (B*F, C, H, W)
         num_frames = image_only_indicator.shape[-1]
-        # The temporal cross-attention sees the first frame's context at every pixel: ((B*H*W), L, D)
-        ctx_first = rearrange(context, "(b f) l d -> b f l d", f=num_frames)[:, 0]
-        time_context = repeat(ctx_first, "b l d -> (b s) l d", s=h * w)
+        # The temporal cross-attention sees the first frame's context at every pixel: (B, L, D), one row per
+        # video, serving the H*W consecutive pixel sequences "(b s)" of that video
+        time_context = rearrange(context, "(b f) l d -> b f l d", f=num_frames)[:, 0]
 
         residual = x
         x = rearrange(self.norm(x), "n c h w -> n (h w) c")

@@ -187,3 +187,17 @@ def test_weights_for_another_preset_are_refused():
         small = UNet(UNetConfig.small())
     with pytest.raises(ValueError, match="size preset"):
         load_state_dict_checked(UNet(UNetConfig.tiny()), small.state_dict(), "UNet")
+
+
+def test_single_token_cross_attention_shortcut_equals_full_attention():
+    """With one context token softmax is exactly 1: the shortcut must equal attention over [ctx, ctx]."""
+    from minisvd.attention import Attention
+
+    attn = randomize_(Attention(32, heads=2, dim_head=16, context_dim=24), seed=3).eval()
+    x, ctx = torch.randn(6, 10, 32), torch.randn(3, 1, 24)  # each context row serves 2 query rows
+    shortcut = attn(x, ctx)
+    full = attn(x, torch.cat([ctx, ctx], dim=1))  # general SDPA path, same keys twice
+    assert max_abs_diff(shortcut, full) < 1e-5
+    assert max_abs_diff(attn(x[:2], ctx[:1]), shortcut[:2]) < 1e-6
+    with pytest.raises(ValueError, match="does not divide"):
+        attn(x, torch.randn(4, 2, 24))
