@@ -109,27 +109,21 @@ class TransformerBlock(nn.Module):
         return self.ff(self.norm3(x)) + x
 
 
-class TemporalTransformerBlock(nn.Module):
-    """Temporal block: the same layers applied along frames at each pixel, with an extra input feed-forward."""
+class TemporalTransformerBlock(TransformerBlock):
+    """Temporal block: the spatial block's layers applied along frames at each pixel, after an extra
+    input feed-forward (norm_in, ff_in)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
-        super().__init__()
+        super().__init__(dim, heads, dim_head, context_dim)
         self.norm_in = nn.LayerNorm(dim)
         self.ff_in = FeedForward(dim, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
 
     def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor) -> torch.Tensor:
         hw = x.shape[1]
         x = rearrange(x, "(b f) s c -> (b s) f c", f=num_frames)  # each pixel's sequence of frames
         x = self.ff_in(self.norm_in(x)) + x
-        x = self.attn1(self.norm1(x)) + x  # attention across frames
-        x = self.attn2(self.norm2(x), context) + x  # cross-attention to the first frame's CLIP token
-        x = self.ff(self.norm3(x)) + x
+        # attention across frames, cross-attention to the first frame's CLIP token, feed-forward
+        x = super().forward(x, context)
         return rearrange(x, "(b s) f c -> (b f) s c", s=hw)
 
 
