@@ -29,7 +29,9 @@ from einops import rearrange, repeat
 from torch import nn
 
 from minisvd.attention import SpatioTemporalTransformer
+from minisvd.clip_image import nearest_multiple
 from minisvd.embeddings import TimestepEmbedding, sinusoidal_embedding
+from minisvd.inflate import is_temporal_key
 from minisvd.resnet import Downsample, GroupNorm32, SpatioTemporalResBlock, Upsample
 
 
@@ -362,7 +364,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"latent H, W = {H}, {W} must be divisible by {factor} (the UNet downsamples "
                 f"{len(cfg.block_out_channels) - 1} times); nearest valid: "
-                f"{max(factor, round(H / factor) * factor)}x{max(factor, round(W / factor) * factor)}"
+                f"{nearest_multiple(H, factor)}x{nearest_multiple(W, factor)}"
             )
         if (
             encoder_hidden_states.ndim != 3
@@ -426,10 +428,7 @@ class UNet(nn.Module):
 
     # ----- convenience ------------------------------------------------------------------------------
     def num_parameters(self, temporal_only: bool = False) -> int:
-        names = ("temporal", "time_mixer", "time_pos_embed")
-        return sum(
-            p.numel() for n, p in self.named_parameters() if not temporal_only or any(s in n for s in names)
-        )
+        return sum(p.numel() for n, p in self.named_parameters() if not temporal_only or is_temporal_key(n))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from minisvd.distributions import DiagonalGaussian
+from minisvd.inflate import is_temporal_key, zero_init_temporal_
 from minisvd.resnet import ResBlock, SpatioTemporalResBlock, Upsample
 
 
@@ -433,10 +434,7 @@ class VideoVAE(nn.Module):
         the spatial path whatever the mix factor) and sets `time_conv_out` to the identity (middle tap 1).
         A safe starting point for finetuning the temporal layers on video, as SVD does (App. D.1).
         """
-        for name, module in self.named_modules():
-            if name.endswith("temporal_res_block"):
-                nn.init.zeros_(module.conv2.weight)
-                nn.init.zeros_(module.conv2.bias)
+        zero_init_temporal_(self)
         conv = self.decoder.time_conv_out
         nn.init.zeros_(conv.weight)
         nn.init.zeros_(conv.bias)
@@ -445,4 +443,4 @@ class VideoVAE(nn.Module):
 
     def temporal_parameters(self) -> list[nn.Parameter]:
         """The parameters SVD adds to the image decoder: temporal ResBlocks, their mix factors, time_conv_out."""
-        return [p for n, p in self.named_parameters() if "temporal_res_block" in n or "time_" in n]
+        return [p for n, p in self.named_parameters() if is_temporal_key(n)]
