@@ -67,7 +67,7 @@ def worker(impl: str, folder: str, args: argparse.Namespace) -> dict:
         max_guidance_scale=3.0,
     )
     if impl.startswith("minisvd-"):  # memory-table rows: minisvd-<dtype>-<chunk>
-        from minisvd.pretrained import load_pipeline
+        from minisvd.pipelines import load_pipeline
 
         _, dtype, chunk = impl.split("-")
         kw["decode_chunk_size"] = None if chunk == "all" else int(chunk)
@@ -87,7 +87,7 @@ def worker(impl: str, folder: str, args: argparse.Namespace) -> dict:
                     img, generator=torch.Generator().manual_seed(seed), output_type="pt", **kw
                 ).frames[0]
     else:
-        from minisvd.pretrained import load_pipeline
+        from minisvd.pipelines import load_pipeline
 
         pipe = load_pipeline(folder, match_diffusers=True)
 
@@ -130,7 +130,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.folder, args)))
         return
 
-    from minisvd.pretrained import tiny_random_pipeline
+    from minisvd.pipelines import tiny_random_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny_random_pipeline(seed=0, num_frames=args.frames).save_pretrained(tmp)

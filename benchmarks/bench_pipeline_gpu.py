@@ -25,9 +25,9 @@ def random_full_size_pipeline(num_frames: int, dtype: torch.dtype):
     """SVD-sized ImageToVideo with random weights, built directly on the GPU (no slow CPU init), cast to `dtype`."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from minisvd.pipeline import ImageToVideo
-    from minisvd.unet import UNet, UNetConfig
-    from minisvd.vae import VAEConfig, VideoVAE
+    from minisvd.pipelines.image_to_video import ImageToVideo
+    from minisvd.models.unet import UNet, UNetConfig
+    from minisvd.models.vae import VAEConfig, VideoVAE
 
     with torch.device("cuda"):
         unet = UNet(UNetConfig.svd_xt() if num_frames == 25 else UNetConfig.svd())
@@ -92,7 +92,7 @@ def main() -> None:
     for num_frames in frames_list:
         for dtype, chunk, offload in settings:
             if args.weights:
-                from minisvd.pretrained import load_pipeline
+                from minisvd.pipelines import load_pipeline
 
                 pipe = load_pipeline(
                     args.weights, dtype=dtype, variant="fp16" if dtype == torch.float16 else None

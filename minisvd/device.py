@@ -17,8 +17,3 @@ def pick_device(preferred: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def fast_mode() -> bool:
-    """True when notebooks run as tests (`MINISVD_FAST=1`, set by the repo's conftest.py)."""
-    return os.environ.get("MINISVD_FAST", "0") not in ("", "0", "false", "False")

@@ -135,14 +135,23 @@ def edm_loss(
     x0: torch.Tensor,
     sigma: torch.Tensor,
     noise: torch.Tensor | None = None,
+    reduction: str = "mean",  # "mean": one scalar; "none": the loss per sample, (B,)
     **cond,
 ) -> torch.Tensor:
-    """E[lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2] (EDM Eq. 2 and 8); equals MSE of F against v."""
+    """E[lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2] (EDM Eq. 2 and 8); equals MSE of F against v.
+
+    With `reduction="none"` the loss comes per sample (mean over all but the batch dim), as EDM's and
+    k-diffusion's losses do, so a training loop can log it per sigma or weight samples itself.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     n = torch.randn_like(x0) if noise is None else noise
     sigma = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device).expand(x0.shape[0])  # (B,)
     s = append_dims(sigma, x0.ndim)  # (B, 1, ...)
     D = denoise(network, x0 + s * n, sigma, **cond)
-    return (append_dims(loss_weight(sigma), x0.ndim) * (D - x0) ** 2).mean()
+    per_element = append_dims(loss_weight(sigma), x0.ndim) * (D - x0) ** 2  # (B, ...)
+    per_sample = per_element.flatten(1).mean(dim=1)  # (B,)
+    return per_sample if reduction == "none" else per_sample.mean()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,8 +174,9 @@ def cfg_denoiser(
 ) -> Denoiser:
     """Guided denoiser D_u + w (D_c - D_u) (Ho & Salimans 2022); one network call on the batch [uncond, cond]."""
     if uncond is None:  # SVD: zero CLIP embedding and zero conditioning latent
-        uncond = {k: torch.zeros_like(v) for k, v in cond.items()}
-    both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}  # (2B, ...), uncond first as in diffusers
+        uncond = {k: None if v is None else torch.zeros_like(v) for k, v in cond.items()}
+    # (2B, ...), uncond first as in diffusers; an absent input (None) stays absent
+    both = {k: None if cond[k] is None else torch.cat([uncond[k], cond[k]]) for k in cond}
 
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])  # (B,)

@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 
 from minisvd.__main__ import main
-from minisvd.pretrained import tiny_random_pipeline
+from minisvd.pipelines import tiny_random_pipeline
 
 
 @pytest.fixture(scope="module")

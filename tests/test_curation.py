@@ -16,7 +16,7 @@ from minisvd.curation.cuts import detect_cuts, scenes, snap_to_keyframes
 from minisvd.curation.evaluate import PRF, match_transitions, spearman
 from minisvd.curation.filtering import STANDIN_FILTERS, apply_filters
 from minisvd.curation.motion import flow_size, motion_score, sample_indices
-from minisvd.curation.pipeline import CurateConfig, curate_folder
+from minisvd.curation.curate import CurateConfig, curate_folder
 from minisvd.curation.text import text_score
 from minisvd.curation.video_io import decode_small_yuv, iter_frames, probe, read_frames
 

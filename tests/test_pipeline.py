@@ -17,9 +17,10 @@ import pytest
 import torch
 from helpers import max_abs_diff, randomize_
 
-from minisvd.clip_image import clip_pixels, image_to_tensor, resize_with_antialiasing
-from minisvd.pipeline import SVD_SCHEDULER_CONFIG
-from minisvd.pretrained import load_pipeline, tiny_random_pipeline
+from minisvd.conditioning.clip_image import clip_pixels, resize_with_antialiasing
+from minisvd.conditioning.frame import image_to_tensor
+from minisvd.pipelines.image_to_video import SVD_SCHEDULER_CONFIG
+from minisvd.pipelines import load_pipeline, tiny_random_pipeline
 
 TOL = 1e-4  # max abs difference of frames in [0, 1]
 

@@ -8,8 +8,8 @@ from diffusers import UNetSpatioTemporalConditionModel
 from helpers import fixture_meta, fixture_tensors, max_abs_diff, randomize_
 
 from minisvd import UNet, UNetConfig
-from minisvd.checkpoint import load_state_dict_checked
-from minisvd.convert import convert_unet_state_dict
+from minisvd.pretrained.weights import load_state_dict_checked
+from minisvd.pretrained import convert_unet_state_dict
 
 torch.set_grad_enabled(False)
 
@@ -191,7 +191,7 @@ def test_weights_for_another_preset_are_refused():
 
 def test_single_token_cross_attention_shortcut_equals_full_attention():
     """With one context token softmax is exactly 1: the shortcut must equal attention over [ctx, ctx]."""
-    from minisvd.attention import Attention
+    from minisvd.models.attention import Attention
 
     attn = randomize_(Attention(32, heads=2, dim_head=16, context_dim=24), seed=3).eval()
     x, ctx = torch.randn(6, 10, 32), torch.randn(3, 1, 24)  # each context row serves 2 query rows

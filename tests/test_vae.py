@@ -1,4 +1,4 @@
-"""minisvd.vae against the original SVD code (fixture) and diffusers' AutoencoderKLTemporalDecoder.
+"""minisvd.models.vae against the original SVD code (fixture) and diffusers' AutoencoderKLTemporalDecoder.
 
 Tolerances: the fixture was computed by the original code in fp32 on CPU; we require max abs diff
 <= 1e-4 * max|expected| (we measure about 4e-7). Against diffusers (same fp32 weights, same ops up to
@@ -12,10 +12,10 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from helpers import fixture_meta, fixture_tensors, max_abs_diff, randomize_
 
-from minisvd.checkpoint import load_state_dict_checked
-from minisvd.convert.vae import convert_vae_state_dict
-from minisvd.distributions import DiagonalGaussian
-from minisvd.vae import VAEConfig, VideoVAE
+from minisvd.pretrained.weights import load_state_dict_checked
+from minisvd.pretrained.original_vae import convert_vae_state_dict
+from minisvd.models.distributions import DiagonalGaussian
+from minisvd.models.vae import VAEConfig, VideoVAE
 
 # ---------------------------------------------------------------------------------------------------------
 # Sizes

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from minisvd.pipelines.defaults import SAMPLING as D
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,20 +24,16 @@ def register(sub) -> None:
     p.add_argument("--image-encoder", default=None, help="CLIP folder, needed with an original single file")
     p.add_argument("--variant", default=None, help="weight variant, e.g. fp16 (reads *.fp16.safetensors)")
     p.add_argument("--out", default="video.mp4", help="output .mp4 or .gif (default video.mp4)")
-    p.add_argument("--height", type=int, default=576, help="multiple of 64 (default 576)")
-    p.add_argument("--width", type=int, default=1024, help="multiple of 64 (default 1024)")
+    p.add_argument("--height", type=int, default=D.height, help=f"multiple of 64 (default {D.height})")
+    p.add_argument("--width", type=int, default=D.width, help=f"multiple of 64 (default {D.width})")
     p.add_argument("--frames", type=int, default=None, help="number of frames (default: 14 SVD, 25 SVD-XT)")
-    p.add_argument("--steps", type=int, default=25, help="Euler steps (default 25)")
-    p.add_argument(
-        "--fps", type=int, default=7, help="frame rate; conditions the model with fps-1 (default 7)"
-    )
-    p.add_argument("--motion-bucket", type=int, default=127, help="more motion when higher (default 127)")
-    p.add_argument(
-        "--min-guidance", type=float, default=1.0, help="guidance of the first frame (default 1.0)"
-    )
-    p.add_argument("--max-guidance", type=float, default=3.0, help="guidance of the last frame (default 3.0)")
-    p.add_argument("--noise-aug", type=float, default=0.02, help="conditioning augmentation (default 0.02)")
-    p.add_argument("--decode-chunk", type=int, default=None, help="frames decoded at once (less memory)")
+    p.add_argument("--steps", type=int, default=D.num_inference_steps, help=f"Euler steps (default {D.num_inference_steps})")
+    p.add_argument("--fps", type=int, default=D.fps, help=f"frame rate; conditions the model with fps-1 (default {D.fps})")
+    p.add_argument("--motion-bucket", type=int, default=D.motion_bucket_id, help=f"more motion when higher (default {D.motion_bucket_id})")
+    p.add_argument("--min-guidance", type=float, default=D.min_guidance_scale, help=f"guidance of the first frame (default {D.min_guidance_scale})")
+    p.add_argument("--max-guidance", type=float, default=D.max_guidance_scale, help=f"guidance of the last frame (default {D.max_guidance_scale})")
+    p.add_argument("--noise-aug", type=float, default=D.noise_aug_strength, help=f"conditioning augmentation (default {D.noise_aug_strength})")
+    p.add_argument("--decode-chunk", type=int, default=D.decode_chunk_size, help="frames decoded at once (default all; fewer: less memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument(
@@ -58,7 +56,7 @@ def register(sub) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from minisvd.clip_image import nearest_multiple
+    from minisvd.models.unet import nearest_multiple
     from minisvd.device import pick_device
 
     # cheap checks first: a bad size or image should not wait for gigabytes of weights
@@ -87,7 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
 
     from minisvd.export import save_video
-    from minisvd.pretrained import load_pipeline
+    from minisvd.pipelines.image_to_video import load_pipeline
 
     device = pick_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minisvd.resnet import TemporalResBlock
+from minisvd.models.resnet import TemporalResBlock
 
 
 def zero_init_temporal_(model: nn.Module) -> nn.Module:

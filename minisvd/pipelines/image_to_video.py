@@ -23,7 +23,7 @@ our attention layers always use. The sampler state is kept in float32 whatever t
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -31,42 +31,19 @@ import torch
 from torch import nn
 
 from minisvd import edm
-from minisvd.clip_image import CLIP_MEAN, CLIP_STD, clip_pixels, encode_image, image_to_tensor, resize_for_vae
-
-# The sampler settings of SVD as diffusers stores them (scheduler/scheduler_config.json of the real repos),
-# reduced to the keys diffusers' EulerDiscreteScheduler accepts.
-SVD_SCHEDULER_CONFIG = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",  # v-scaling (SVD App. D)
-    "sigma_max": 700.0,  # EDM sampling range (SVD App. D)
-    "sigma_min": 0.002,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "timestep_type": "continuous",  # c_noise = 0.25 ln(sigma)
-    "trained_betas": None,
-    "use_karras_sigmas": True,  # EDM Eq. 5, rho = 7
-}
-
-# CLIPImageProcessor settings of the real feature_extractor/ folder (only mean and std matter to SVD)
-CLIP_FEATURE_CONFIG = {
-    "crop_size": {"height": 224, "width": 224},
-    "do_center_crop": True,
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": list(CLIP_MEAN),
-    "image_processor_type": "CLIPImageProcessor",
-    "image_std": list(CLIP_STD),
-    "resample": 3,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"shortest_edge": 224},
-}
+from minisvd.conditioning import (
+    Conditioning,
+    clip_embed,
+    conditioned_network,
+    encode_latent,
+    image_to_tensor,
+    micro_conditioning,
+    noise_augment,
+    resize_for_vae,
+)
+from minisvd.conditioning.clip_image import CLIP_MEAN, CLIP_STD
+from minisvd.models.unet import nearest_multiple
+from minisvd.pipelines.defaults import CLIP_FEATURE_CONFIG, SAMPLING, SVD_SCHEDULER_CONFIG
 
 
 def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
@@ -81,7 +58,7 @@ class ImageToVideo:
     def __init__(
         self,
         unet: nn.Module,  # minisvd.UNet
-        vae: nn.Module,  # minisvd.vae.VideoVAE
+        vae: nn.Module,  # minisvd.models.vae.VideoVAE
         image_encoder: nn.Module,  # transformers CLIPVisionModelWithProjection
         feature_config: dict | None = None,  # CLIPImageProcessor config (image_mean, image_std)
         scheduler_config: dict | None = None,  # EulerDiscreteScheduler config (sigma_min, sigma_max)
@@ -151,11 +128,9 @@ class ImageToVideo:
     def encode_clip(self, image) -> torch.Tensor:
         """Step 1: the CLIP token of the clean frame, (1, 1, D)."""
         fc = self.feature_config
-        pixels = clip_pixels(
-            image_to_tensor(image), fc.get("image_mean", CLIP_MEAN), fc.get("image_std", CLIP_STD)
-        )
+        mean, std = fc.get("image_mean", CLIP_MEAN), fc.get("image_std", CLIP_STD)
         with self._running(self.image_encoder) as enc:
-            return encode_image(enc, pixels.to(self.device))
+            return clip_embed(enc, image_to_tensor(image).to(self.device), mean, std)
 
     @torch.no_grad()
     def encode_condition_frame(
@@ -164,21 +139,29 @@ class ImageToVideo:
         """Step 2: the noise-augmented frame's VAE latent at the mode, unscaled, (1, C_z, H/f, W/f)."""
         x = resize_for_vae(image, height, width).to(self.device)  # (1, 3, H, W) in [-1, 1]
         noise = randn(x.shape, generator, self.device, x.dtype)  # drawn before the initial latents
-        x = x + noise_aug_strength * noise  # conditioning augmentation (SVD App. D)
+        x = noise_augment(x, noise_aug_strength, noise)  # conditioning augmentation (SVD App. D)
         with self._running(self.vae) as vae:
-            vae_dtype = next(vae.parameters()).dtype
-            # fp16 encoding overflows in the SD encoder; like diffusers (force_upcast) we encode in fp32
-            if vae_dtype == torch.float16:
-                vae.float()
-            z = vae.encode(x.to(next(vae.parameters()).dtype)).mode()
-            vae.to(vae_dtype)
-        return z
+            return encode_latent(vae, x)
 
     def added_time_ids(self, fps: int, motion_bucket_id: int, noise_aug_strength: float) -> torch.Tensor:
         """Step 3: micro-conditioning (fps_id, motion_bucket_id, cond_aug), (1, 3). SVD was trained on fps - 1."""
-        return torch.tensor(
-            [[fps - 1, motion_bucket_id, noise_aug_strength]], dtype=self.dtype, device=self.device
-        )
+        return micro_conditioning(fps, motion_bucket_id, noise_aug_strength, device=self.device, dtype=self.dtype)
+
+    def conditioning(
+        self,
+        image,
+        height: int = SAMPLING.height,
+        width: int = SAMPLING.width,
+        fps: int = SAMPLING.fps,
+        motion_bucket_id: int = SAMPLING.motion_bucket_id,
+        noise_aug_strength: float = SAMPLING.noise_aug_strength,
+        generator: torch.Generator | None = None,
+    ) -> Conditioning:
+        """Steps 1-3 together: everything the UNet is conditioned on, for one image (batch of one)."""
+        context = self.encode_clip(image).to(self.dtype)  # (1, 1, D)
+        latent = self.encode_condition_frame(image, height, width, noise_aug_strength, generator)
+        ids = self.added_time_ids(fps, motion_bucket_id, noise_aug_strength)  # (1, 3)
+        return Conditioning(context=context, added_time_ids=ids, cond_latent=latent.to(self.dtype))
 
     def sigmas(self, num_inference_steps: int) -> torch.Tensor:
         """Step 4: Karras sigmas from sigma_max down to sigma_min, then 0 (EDM Eq. 5), (steps + 1,)."""
@@ -187,13 +170,8 @@ class ImageToVideo:
 
     def network(self, unet: nn.Module) -> Callable[..., torch.Tensor]:
         """F_theta(c_in x; c_noise, cond) for edm.denoise: concatenates the condition latent, casts to the
-        model dtype and back to float32."""
-
-        def F(x_in, c_noise, cond_latent, context, added_time_ids):
-            sample = torch.cat([x_in.to(self.dtype), cond_latent], dim=2)  # (B, F, 8, h, w)
-            return unet(sample, c_noise.float(), context, added_time_ids).float()
-
-        return F
+        model dtype and back to float32 (`minisvd.conditioning.conditioned_network`)."""
+        return conditioned_network(unet, self.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
@@ -210,16 +188,16 @@ class ImageToVideo:
     def __call__(
         self,
         image,  # PIL image, HxWx3 array, or (3, H, W) tensor in [0, 1]
-        height: int = 576,
-        width: int = 1024,
+        height: int = SAMPLING.height,
+        width: int = SAMPLING.width,
         num_frames: int | None = None,  # default: the UNet's num_frames (14 SVD, 25 SVD-XT)
-        num_inference_steps: int = 25,
-        min_guidance_scale: float = 1.0,  # guidance of the first frame
-        max_guidance_scale: float = 3.0,  # guidance of the last frame; <= 1 switches guidance off
-        fps: int = 7,  # reaches the model as fps - 1
-        motion_bucket_id: int = 127,  # more motion for higher values
-        noise_aug_strength: float = 0.02,  # conditioning augmentation sigma
-        decode_chunk_size: int | None = None,  # frames decoded at once (default all; lower saves memory)
+        num_inference_steps: int = SAMPLING.num_inference_steps,
+        min_guidance_scale: float = SAMPLING.min_guidance_scale,  # guidance of the first frame
+        max_guidance_scale: float = SAMPLING.max_guidance_scale,  # last frame; <= 1 switches guidance off
+        fps: int = SAMPLING.fps,  # reaches the model as fps - 1
+        motion_bucket_id: int = SAMPLING.motion_bucket_id,  # more motion for higher values
+        noise_aug_strength: float = SAMPLING.noise_aug_strength,  # conditioning augmentation sigma
+        decode_chunk_size: int | None = SAMPLING.decode_chunk_size,  # frames decoded at once (None: all)
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,  # (1, F, C_z, h, w) unit-variance initial noise
         callback: Callable[[dict], None] | None = None,  # k-diffusion style: {"x", "i", "sigma", "denoised"}
@@ -228,40 +206,30 @@ class ImageToVideo:
         """Generate frames (F, 3, H, W) in [0, 1] from one image, as diffusers' StableVideoDiffusionPipeline."""
         m = self.size_multiple
         if height % m or width % m:
-            from minisvd.clip_image import nearest_multiple
-
             raise ValueError(
                 f"height and width must be multiples of {m} (VAE x UNet downsampling), got "
                 f"{height}x{width}; nearest valid: {nearest_multiple(height, m)}x{nearest_multiple(width, m)}"
             )
         num_frames = num_frames or self.unet.config.num_frames
         device, dtype = self.device, self.dtype
-
-        context = self.encode_clip(image).to(dtype)  # (1, 1, D)
-        cond_latent = self.encode_condition_frame(image, height, width, noise_aug_strength, generator)
-        cond_latent = cond_latent.to(dtype)[:, None].repeat(1, num_frames, 1, 1, 1)  # (1, F, C_z, h, w)
-        added = self.added_time_ids(fps, motion_bucket_id, noise_aug_strength)  # (1, 3)
+        cond = self.conditioning(image, height, width, fps, motion_bucket_id, noise_aug_strength, generator)
 
         sigmas = self.sigmas(num_inference_steps).to(device)  # (steps + 1,)
-        shape = (1, num_frames, self.vae.config.latent_channels, *cond_latent.shape[-2:])
+        shape = (1, num_frames, self.vae.config.latent_channels, *cond.cond_latent.shape[-2:])
         if latents is None:
             latents = randn(shape, generator, device, dtype)  # drawn after the augmentation noise
         x = latents.to(device).float() * edm.init_noise_sigma(sigmas[0])
 
-        cond = {"cond_latent": cond_latent, "context": context, "added_time_ids": added}
         with self._running(self.unet) as unet:
+            network = self.network(unet)
             if max_guidance_scale > 1:  # classifier-free guidance, scale growing across frames
-                uncond = {
-                    "cond_latent": torch.zeros_like(cond_latent),
-                    "context": torch.zeros_like(context),
-                    "added_time_ids": added,
-                }
                 scale = edm.guidance_scale(num_frames, min_guidance_scale, max_guidance_scale).to(device)
-                denoiser = edm.cfg_denoiser(self.network(unet), scale, cond, uncond)
+                uncond = cond.unconditional().unet_inputs(num_frames)
+                denoiser = edm.cfg_denoiser(network, scale, cond.unet_inputs(num_frames), uncond)
             else:
 
                 def denoiser(x, sigma):
-                    return edm.denoise(self.network(unet), x, sigma, **cond)
+                    return edm.denoise(network, x, sigma, **cond.unet_inputs(num_frames))
 
             x = edm.sample_euler(denoiser, x, sigmas, callback=callback, progress=progress)
         return self.decode(x, decode_chunk_size)
@@ -269,9 +237,20 @@ class ImageToVideo:
     # ----- export -----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, variant: str | None = None) -> Path:
         """Write the diffusers layout that `StableVideoDiffusionPipeline.from_pretrained(folder)` loads."""
-        from minisvd.pretrained import save_diffusers_folder
+        from minisvd.pretrained.save import save_diffusers_folder
 
-        return save_diffusers_folder(self, folder, variant=variant)
+        return save_diffusers_folder(folder, variant=variant, **self.components)
+
+    @property
+    def components(self) -> dict:
+        """The keyword arguments that rebuild this pipeline: `ImageToVideo(**pipe.components)`."""
+        return dict(
+            unet=self.unet,
+            vae=self.vae,
+            image_encoder=self.image_encoder,
+            feature_config=self.feature_config,
+            scheduler_config=self.scheduler_config,
+        )
 
     def __repr__(self) -> str:
         n = {k: sum(p.numel() for p in m.parameters()) for k, m in self.models.items()}
@@ -282,5 +261,53 @@ class ImageToVideo:
         )
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+# ----- building one ----------------------------------------------------------------------------------------
+def load_pipeline(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    variant: str | None = None,
+    image_encoder: str | os.PathLike | None = None,  # CLIP folder, for single-file checkpoints
+    preset: str | None = None,  # "svd" or "svd_xt": checked against what the weights say
+    match_diffusers: bool = False,  # True: diffusers' GroupNorm eps (bit-for-bit parity with diffusers)
+    unet_config=None,  # UNetConfig, for single files of other sizes (e.g. the tiny test fixture)
+    vae_config=None,  # VAEConfig, likewise
+) -> ImageToVideo:
+    """Load SVD weights from a diffusers folder, a cached repo id, or an original single file
+    (`minisvd.pretrained.load_components` finds and checks them; nothing is downloaded)."""
+    from minisvd.pretrained.load import load_components
+
+    parts = load_components(
+        path,
+        dtype=dtype,
+        variant=variant,
+        image_encoder=image_encoder,
+        preset=preset,
+        match_diffusers=match_diffusers,
+        unet_config=unet_config,
+        vae_config=vae_config,
+    )
+    pipe = ImageToVideo(**parts)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def tiny_random_pipeline(seed: int = 0, scale: float = 0.1, num_frames: int = 8) -> ImageToVideo:
+    """A CPU-sized SVD with random weights (every parameter, zero-init ones too): UNet `tiny`, VAE `tiny`,
+    a 2-layer CLIP ViT at 224 px. Same code paths as the real model; H and W multiples of 8."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from minisvd.models.clip import tiny_clip_vision_config
+    from minisvd.models.unet import UNet, UNetConfig
+    from minisvd.models.vae import VAEConfig, VideoVAE
+
+    unet = UNet(UNetConfig.tiny(num_frames=num_frames))
+    vae = VideoVAE(VAEConfig.tiny())
+    clip = CLIPVisionModelWithProjection(tiny_clip_vision_config(projection_dim=unet.config.cross_attention_dim))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for model in (unet, vae, clip):
+            for _, p in sorted(model.named_parameters()):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return ImageToVideo(unet.eval(), vae.eval(), clip.eval())

@@ -11,7 +11,7 @@ arXiv 2311.15127, Sec. 4 and App. D.1, following Video LDM, Blattmann et al. 202
 - after the last convolution a 3x1x1 Conv3d (`time_conv_out`) smooths the RGB output across frames.
 
 State-dict keys and shapes are identical to diffusers' `AutoencoderKLTemporalDecoder`, so weights load
-both ways with `strict=True`. `minisvd.convert.vae` maps the original single-file checkpoint onto them.
+both ways with `strict=True`. `minisvd.pretrained.original_vae` maps the original single-file checkpoint onto them.
 
 Latent scaling: like diffusers, `encode`/`decode` work on *unscaled* latents. The diffusion model sees
 `z * config.scaling_factor` (0.18215, LDM Sec. 4.3.2), so a pipeline multiplies after `encode` and divides
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minisvd.distributions import DiagonalGaussian
-from minisvd.inflate import is_temporal_key, zero_init_temporal_
-from minisvd.resnet import ResBlock, SpatioTemporalResBlock, Upsample
+from minisvd.models.distributions import DiagonalGaussian
+from minisvd.models.inflate import is_temporal_key, zero_init_temporal_
+from minisvd.models.resnet import ResBlock, SpatioTemporalResBlock, Upsample
 
 
 @dataclass

@@ -15,9 +15,6 @@ The vision tower is transformers' `CLIPVisionModelWithProjection`, the class the
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,48 +82,11 @@ def encode_image(image_encoder: torch.nn.Module, pixels: torch.Tensor) -> torch.
     return embeds[:, None]  # (N, 1, D): one token per video
 
 
-def image_to_tensor(image) -> torch.Tensor:
-    """PIL image, HxWx3 uint8/float numpy array, or (3, H, W) / (1, 3, H, W) tensor in [0, 1] -> (1, 3, H, W) float32."""
-    try:
-        import PIL.Image
-
-        if isinstance(image, PIL.Image.Image):
-            image = np.asarray(image.convert("RGB"))
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        pass
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"numpy images must be (H, W, 3), got shape {image.shape}")
-        scale = 255.0 if image.dtype == np.uint8 else 1.0
-        image = torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1)
-    if not torch.is_tensor(image):
-        raise TypeError(
-            f"image must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}"
-        )
-    if image.ndim == 3:
-        image = image[None]
-    if image.ndim != 4 or image.shape[:2] != (1, 3):
-        raise ValueError(
-            f"image tensors must be (3, H, W) or (1, 3, H, W) in [0, 1], got {tuple(image.shape)}"
-        )
-    return image.float()
-
-
-def resize_for_vae(image, height: int, width: int) -> torch.Tensor:
-    """The VAE branch's frame: resized to (height, width) (Lanczos for PIL, as diffusers), in [-1, 1]: (1, 3, H, W)."""
-    import PIL.Image
-
-    if isinstance(image, PIL.Image.Image):
-        # the same PIL call as diffusers' VaeImageProcessor, so parity holds to the last bit
-        image = image.convert("RGB").resize((width, height), resample=PIL.Image.Resampling.LANCZOS)
-        x = image_to_tensor(image)
-    else:
-        x = image_to_tensor(image)
-        if x.shape[-2:] != (height, width):
-            x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-    return x * 2.0 - 1.0
-
-
-def nearest_multiple(v: int, m: int = 64) -> int:
-    """The multiple of m nearest to v (at least m)."""
-    return max(m, int(math.floor(v / m + 0.5)) * m)
+def clip_embed(
+    image_encoder: torch.nn.Module,
+    images: torch.Tensor,  # (B, 3, H, W) in [0, 1], the clean conditioning frames
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> torch.Tensor:
+    """Steps 2-4 for a batch: clean frames -> CLIP image tokens (B, 1, D), the UNet's cross-attention context."""
+    return encode_image(image_encoder, clip_pixels(images, mean, std))

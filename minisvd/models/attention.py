@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minisvd.embeddings import TimestepEmbedding, sinusoidal_embedding
-from minisvd.resnet import AlphaBlender, GroupNorm32
+from minisvd.models.embeddings import TimestepEmbedding, sinusoidal_embedding
+from minisvd.models.resnet import AlphaBlender, GroupNorm32
 
 
 class Attention(nn.Module):

@@ -8,10 +8,10 @@ Three sources, one function (`load_pipeline`):
   - a repo id ("stabilityai/stable-video-diffusion-img2vid-xt") already in the local Hugging Face cache;
     nothing is ever downloaded here, the error says how to download;
   - an original single-file checkpoint (`svd.safetensors`, `svd_xt.safetensors`): UNet and VAE converted with
-    the key tables of `minisvd.convert`; the CLIP image encoder from a folder (`image_encoder=`), because the
+    the key tables of `minisvd.pretrained`; the CLIP image encoder from a folder (`image_encoder=`), because the
     file's conditioner is an open_clip model that we do not convert.
 
-Every weight file goes through `minisvd.checkpoint`: safetensors, or `torch.load(weights_only=True)`, and a
+Every weight file goes through `minisvd.pretrained.weights`: safetensors, or `torch.load(weights_only=True)`, and a
 key/shape check that names missing, unexpected and mis-shaped keys before anything is copied.
 
 GroupNorm eps: by default the UNet follows the original SVD code (eps 1e-5 everywhere). diffusers, as shipped,
@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from minisvd.checkpoint import check_state_dict, format_problems, load_file
-from minisvd.pipeline import ImageToVideo
-from minisvd.unet import UNet, UNetConfig
-from minisvd.vae import VAEConfig, VideoVAE
+from minisvd.models.unet import UNet, UNetConfig
+from minisvd.models.vae import VAEConfig, VideoVAE
+from minisvd.pretrained.weights import build_checked, load_file
 
 KNOWN_REPOS = {
     "svd": "stabilityai/stable-video-diffusion-img2vid",  # 14 frames
@@ -101,28 +100,6 @@ def _check_preset(preset: str | None, num_frames: int, where: str) -> None:
         )
 
 
-def _build(model_cls, config, state_dict: dict, what: str, source) -> torch.nn.Module:
-    """Build `model_cls(config)` without random init (meta device), check the keys, then take the tensors."""
-    with torch.device("meta"):
-        model = model_cls(config)
-    missing, unexpected, misshaped = check_state_dict(model, state_dict)
-    if missing or unexpected or misshaped:
-        raise ValueError(
-            f"the weights in {source} do not fit this {what} (is the size preset right?):\n"
-            + format_problems(missing, unexpected, misshaped)
-        )
-    model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()},
-        strict=True,
-        assign=True,
-    )
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:  # a buffer built in __init__ and not saved: build it for real instead
-        model = model_cls(config)
-        model.load_state_dict(state_dict, strict=True)
-    return model.eval().requires_grad_(False)
-
-
 def _load_clip(folder: Path, variant: str | None, dtype: torch.dtype | None):
     from transformers import CLIPVisionModelWithProjection
 
@@ -138,10 +115,8 @@ def _load_clip(folder: Path, variant: str | None, dtype: torch.dtype | None):
 
 
 # ----- the three sources -----------------------------------------------------------------------------------
-def load_diffusers_folder(
-    folder: Path, variant=None, dtype=None, match_diffusers=False, preset=None
-) -> ImageToVideo:
-    """A folder in the diffusers layout -> ImageToVideo (float32 unless `dtype`)."""
+def load_diffusers_folder(folder: Path, variant=None, dtype=None, match_diffusers=False, preset=None) -> dict:
+    """A folder in the diffusers layout -> the pipeline's components (float32 unless `dtype`)."""
     folder = Path(folder)
     for sub in ("unet", "vae", "image_encoder"):
         if not (folder / sub).is_dir():
@@ -150,21 +125,21 @@ def load_diffusers_folder(
     unet_config = UNetConfig.from_diffusers(ucfg, diffusers_resnet_eps=match_diffusers)
     _check_preset(preset, unet_config.num_frames, folder)
     unet_file = _weights_file(folder / "unet", "diffusion_pytorch_model", variant)
-    unet = _build(UNet, unet_config, load_file(unet_file), "UNet", unet_file)
+    unet = build_checked(UNet, unet_config, load_file(unet_file), "UNet", unet_file)
     vcfg = json.loads((folder / "vae" / "config.json").read_text())
     vae_file = _weights_file(folder / "vae", "diffusion_pytorch_model", variant)
-    vae = _build(VideoVAE, VAEConfig.from_diffusers(vcfg), load_file(vae_file), "VAE", vae_file)
+    vae = build_checked(VideoVAE, VAEConfig.from_diffusers(vcfg), load_file(vae_file), "VAE", vae_file)
     image_encoder = _load_clip(folder / "image_encoder", variant, dtype)
     fe = folder / "feature_extractor" / "preprocessor_config.json"
     sc = folder / "scheduler" / "scheduler_config.json"
-    pipe = ImageToVideo(
+    return _components(
         unet,
         vae,
         image_encoder,
+        dtype,
         feature_config=json.loads(fe.read_text()) if fe.exists() else None,
         scheduler_config=json.loads(sc.read_text()) if sc.exists() else None,
     )
-    return pipe.to(dtype=dtype) if dtype else pipe
 
 
 def load_single_file(
@@ -176,9 +151,10 @@ def load_single_file(
     variant=None,
     dtype=None,
     match_diffusers=False,
-) -> ImageToVideo:
-    """An original checkpoint (svd.safetensors / svd_xt.safetensors) + a CLIP folder -> ImageToVideo."""
-    from minisvd.convert import convert_unet_state_dict, convert_vae_state_dict
+) -> dict:
+    """An original checkpoint (svd.safetensors / svd_xt.safetensors) + a CLIP folder -> the components."""
+    from minisvd.pretrained.original_unet import convert_unet_state_dict
+    from minisvd.pretrained.original_vae import convert_vae_state_dict
 
     path = Path(path)
     if image_encoder is None:
@@ -211,15 +187,13 @@ def load_single_file(
         raise ValueError(
             f"the UNet in {path.name} does not fit the {preset or 'given'} size preset: {e}"
         ) from None
-    unet = _build(UNet, unet_config, unet_conv, "UNet", path.name)
-    vae = _build(VideoVAE, vae_config or VAEConfig.svd(), convert_vae_state_dict(vae_sd), "VAE", path.name)
-    pipe = ImageToVideo(unet, vae, _load_clip(Path(image_encoder), variant, dtype))
-    return pipe.to(dtype=dtype) if dtype else pipe
+    unet = build_checked(UNet, unet_config, unet_conv, "UNet", path.name)
+    vae = build_checked(VideoVAE, vae_config or VAEConfig.svd(), convert_vae_state_dict(vae_sd), "VAE", path.name)
+    return _components(unet, vae, _load_clip(Path(image_encoder), variant, dtype), dtype)
 
 
-def load_pipeline(
+def load_components(
     path: str | os.PathLike,
-    device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     variant: str | None = None,
     image_encoder: str | os.PathLike | None = None,  # CLIP folder, for single-file checkpoints
@@ -227,8 +201,9 @@ def load_pipeline(
     match_diffusers: bool = False,  # True: diffusers' GroupNorm eps (bit-for-bit parity with diffusers)
     unet_config: UNetConfig | None = None,  # single files of other sizes (e.g. the tiny test fixture)
     vae_config: VAEConfig | None = None,
-) -> ImageToVideo:
-    """Load SVD weights from a diffusers folder, a cached repo id, or an original single file."""
+) -> dict:
+    """SVD's models from a diffusers folder, a cached repo id, or an original single file: a dict with
+    unet, vae, image_encoder, feature_config, scheduler_config (`minisvd.ImageToVideo(**components)`)."""
     if isinstance(dtype, str):
         dtype = {
             "fp32": torch.float32,
@@ -240,11 +215,11 @@ def load_pipeline(
         }[dtype]
     p = Path(path).expanduser()
     if p.is_file():
-        pipe = load_single_file(
+        return load_single_file(
             p, image_encoder, preset, unet_config, vae_config, variant, dtype, match_diffusers
         )
     elif p.is_dir():
-        pipe = load_diffusers_folder(p, variant, dtype, match_diffusers, preset)
+        return load_diffusers_folder(p, variant, dtype, match_diffusers, preset)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
         found = find_in_hf_cache(str(path))
         if found is None:
@@ -253,90 +228,21 @@ def load_pipeline(
                 f"({os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}).\n"
                 + DOWNLOAD_HELP.format(repo=path)
             )
-        pipe = load_diffusers_folder(found, variant, dtype, match_diffusers, preset)
+        return load_diffusers_folder(found, variant, dtype, match_diffusers, preset)
     else:
         raise FileNotFoundError(
             f"weights not found: {path}\n" + DOWNLOAD_HELP.format(repo=KNOWN_REPOS["svd_xt"])
         )
-    if device is not None:
-        pipe.to(device)
-    return pipe
 
 
-# ----- export ----------------------------------------------------------------------------------------------
-def _diffusers_version() -> str:
-    try:
-        import diffusers
-
-        return diffusers.__version__
-    except ImportError:  # pragma: no cover
-        return "0.30.0"
-
-
-def save_diffusers_folder(pipe: ImageToVideo, folder: str | Path, variant: str | None = None) -> Path:
-    """Write `pipe` in the layout `StableVideoDiffusionPipeline.from_pretrained` reads (model_index.json, ...)."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    version = _diffusers_version()
-    suffix = f".{variant}" if variant else ""
-
-    def write_json(path: Path, d: dict):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
-
-    for name, model, cls in (
-        ("unet", pipe.unet, "UNetSpatioTemporalConditionModel"),
-        ("vae", pipe.vae, "AutoencoderKLTemporalDecoder"),
-    ):
-        cfg = {**model.config.extra, **model.config.to_diffusers()}
-        write_json(folder / name / "config.json", {"_class_name": cls, "_diffusers_version": version, **cfg})
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(
-            sd, str(folder / name / f"diffusion_pytorch_model{suffix}.safetensors"), metadata={"format": "pt"}
-        )
-    pipe.image_encoder.save_pretrained(folder / "image_encoder", **({"variant": variant} if variant else {}))
-    write_json(folder / "feature_extractor" / "preprocessor_config.json", pipe.feature_config)
-    write_json(
-        folder / "scheduler" / "scheduler_config.json",
-        {**pipe.scheduler_config, "_class_name": "EulerDiscreteScheduler", "_diffusers_version": version},
+def _components(unet, vae, image_encoder, dtype, feature_config=None, scheduler_config=None) -> dict:
+    if dtype is not None:
+        for m in (unet, vae, image_encoder):
+            m.to(dtype=dtype)
+    return dict(
+        unet=unet,
+        vae=vae,
+        image_encoder=image_encoder,
+        feature_config=feature_config,
+        scheduler_config=scheduler_config,
     )
-    write_json(
-        folder / "model_index.json",
-        {
-            "_class_name": "StableVideoDiffusionPipeline",
-            "_diffusers_version": version,
-            "feature_extractor": ["transformers", "CLIPImageProcessor"],
-            "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-            "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
-            "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
-        },
-    )
-    return folder
-
-
-# ----- tiny random weights for tests, notebooks and benchmarks ---------------------------------------------
-def tiny_random_pipeline(seed: int = 0, scale: float = 0.1, num_frames: int = 8) -> ImageToVideo:
-    """A CPU-sized SVD with random weights (every parameter, zero-init ones too): UNet `tiny`, VAE `tiny`,
-    a 2-layer CLIP ViT at 224 px. Same code paths as the real model; H and W multiples of 8."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    unet = UNet(UNetConfig.tiny(num_frames=num_frames))
-    vae = VideoVAE(VAEConfig.tiny())
-    clip_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=224,
-        patch_size=32,
-        projection_dim=unet.config.cross_attention_dim,
-    )
-    clip = CLIPVisionModelWithProjection(clip_config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for model in (unet, vae, clip):
-            for _, p in sorted(model.named_parameters()):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return ImageToVideo(unet.eval(), vae.eval(), clip.eval())

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from minisvd.curation.filtering import PAPER_FILTERS, STANDIN_FILTERS, apply_filters, format_funnel
-    from minisvd.curation.pipeline import CurateConfig, curate_folder
+    from minisvd.curation.curate import CurateConfig, curate_folder
 
     cfg = CurateConfig(workers=args.workers, clip_dir=args.clip_dir, aesthetic_weights=args.aesthetic_weights)
     rep = curate_folder(args.folder, args.out, cfg)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from minisvd.unet import UNetConfig
+from minisvd.models.unet import UNetConfig
 
 PREFIX = "model.diffusion_model."
 

@@ -24,15 +24,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+import math
+
 import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from minisvd.attention import SpatioTemporalTransformer
-from minisvd.clip_image import nearest_multiple
-from minisvd.embeddings import TimestepEmbedding, sinusoidal_embedding
-from minisvd.inflate import is_temporal_key
-from minisvd.resnet import Downsample, GroupNorm32, SpatioTemporalResBlock, Upsample
+from minisvd.models.attention import SpatioTemporalTransformer
+from minisvd.models.embeddings import TimestepEmbedding, sinusoidal_embedding
+from minisvd.models.inflate import is_temporal_key
+from minisvd.models.resnet import Downsample, GroupNorm32, SpatioTemporalResBlock, Upsample
+
+
+def nearest_multiple(v: int, m: int = 64) -> int:
+    """The multiple of m nearest to v (at least m): the closest size the UNet (and the VAE) can take."""
+    return max(m, int(math.floor(v / m + 0.5)) * m)
 
 
 @dataclass

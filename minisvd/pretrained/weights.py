@@ -39,7 +39,7 @@ def load_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> di
 
 
 def check_state_dict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "model"
+    model: nn.Module, state_dict: dict[str, torch.Tensor]
 ) -> tuple[list[str], list[str], list[str]]:
     """Return (missing, unexpected, mis-shaped) key descriptions of `state_dict` against `model`."""
     expected = model.state_dict()
@@ -64,15 +64,39 @@ def format_problems(missing: list[str], unexpected: list[str], misshaped: list[s
     return "\n".join(parts)
 
 
+def require_fit(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "model", source=None, strict: bool = True
+) -> None:
+    """Raise one ValueError naming every missing, unexpected and mis-shaped key (missing/unexpected only if strict)."""
+    missing, unexpected, misshaped = check_state_dict(model, state_dict)
+    if misshaped or (strict and (missing or unexpected)):
+        where = f"the weights in {source}" if source else "the weights"
+        raise ValueError(
+            f"{where} do not fit this {what} (is the config/size preset right?):\n"
+            + format_problems(missing, unexpected, misshaped)
+        )
+
+
 def load_state_dict_checked(
     model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "model", strict: bool = True
 ) -> nn.Module:
     """`model.load_state_dict` that first reports missing, unexpected and mis-shaped keys by name."""
-    missing, unexpected, misshaped = check_state_dict(model, state_dict)
-    if misshaped or (strict and (missing or unexpected)):
-        raise ValueError(
-            f"the weights do not fit this {what} (is the config/size preset right?):\n"
-            + format_problems(missing, unexpected, misshaped)
-        )
+    require_fit(model, state_dict, what, strict=strict)
     model.load_state_dict(state_dict, strict=strict)
     return model
+
+
+def build_checked(model_cls, config, state_dict: dict[str, torch.Tensor], what: str, source) -> nn.Module:
+    """`model_cls(config)` holding `state_dict` (float32, eval, frozen): built on the meta device (no random
+    init), checked key by key, then given the tensors."""
+    with torch.device("meta"):
+        model = model_cls(config)
+    require_fit(model, state_dict, what, source)
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True, assign=True
+    )
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:  # a buffer built in __init__ and not saved: build it for real instead
+        model = model_cls(config)
+        model.load_state_dict(state_dict, strict=True)
+    return model.eval().requires_grad_(False)

@@ -75,7 +75,7 @@ PREFIXES: list[tuple[str, str, dict[str, str] | None]] = [
 ]
 
 
-def _convert_key(key: str, levels: int) -> str | None:
+def convert_vae_key(key: str, levels: int) -> str | None:
     """Our name for one original key (without `first_stage_model.`), or None if the tables cannot place it."""
     for pattern, target, leaves in PREFIXES:
         m = re.fullmatch(pattern + r"\.(?P<rest>.+)", key)
@@ -112,7 +112,7 @@ def convert_vae_state_dict(original_sd: dict[str, torch.Tensor], prefix: str = "
 
     out, unplaced = {}, []
     for key, value in vae_sd.items():
-        ours = _convert_key(key, levels)
+        ours = convert_vae_key(key, levels)
         if ours is None:
             unplaced.append(prefix + key)
             continue

@@ -1,0 +1,37 @@
+"""`python -m minisvd COMMAND`: the command line. One module per command, each with `register(subparsers)`.
+
+    env.py        check dependencies, print the device
+    generate.py   image-to-video with SVD weights
+    curate.py     the data-curation pipeline over a folder of videos
+
+Commands are imported explicitly: a command that fails to import fails loudly, it is never dropped.
+Each module imports its heavy dependencies inside its command function, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from minisvd.cli import curate, env, generate
+
+COMMANDS = (env, generate, curate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m minisvd",
+        description="minisvd: Stable Video Diffusion, readable. Commands:",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
