@@ -25,9 +25,9 @@ def random_full_size_pipeline(num_frames: int, dtype: torch.dtype):
     """SVD-sized ImageToVideo with random weights, built directly on the GPU (no slow CPU init), cast to `dtype`."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from minisvd.pipelines.image_to_video import ImageToVideo
     from minisvd.models.unet import UNet, UNetConfig
     from minisvd.models.vae import VAEConfig, VideoVAE
+    from minisvd.pipelines.image_to_video import ImageToVideo
 
     with torch.device("cuda"):
         unet = UNet(UNetConfig.svd_xt() if num_frames == 25 else UNetConfig.svd())

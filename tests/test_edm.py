@@ -134,6 +134,23 @@ def test_edm_loss_is_mse_on_v_target():
     assert loss.item() > 0.01  # a random network is not already perfect
 
 
+def test_edm_loss_per_sample():
+    """reduction="none" gives one loss per sample (B,), each the v-MSE of that sample; their mean is the loss."""
+    net = StandIn()
+    g = torch.Generator().manual_seed(2)
+    x0, n = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    sigma = edm.sample_sigmas(5, generator=g)
+    per = edm.edm_loss(net, x0, sigma, noise=n, reduction="none")
+    assert per.shape == (5,)
+    for i in range(5):  # sample i alone gives the same number: nothing mixes across the batch
+        alone = edm.edm_loss(net, x0[i : i + 1], sigma[i : i + 1], noise=n[i : i + 1])
+        assert per[i].item() == pytest.approx(alone.item(), rel=1e-5)
+    assert per.std() > 0  # different sigmas and samples, different losses
+    assert per.mean().item() == pytest.approx(edm.edm_loss(net, x0, sigma, noise=n).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        edm.edm_loss(net, x0, sigma, noise=n, reduction="sum")
+
+
 # ------------------------------------------------------------------------------------- training sigmas
 
 
@@ -240,7 +257,10 @@ def test_guidance_scale_shape_and_values():
     assert torch.allclose(w[1, :, 0, 0, 0], torch.tensor([1.0 + 1.5 * f / 13 for f in range(14)]))
     assert w[:, 0].eq(1.0).all() and w[:, -1].eq(2.5).all()
     assert (w[0, 1:] - w[0, :-1]).squeeze().allclose(torch.full((13,), 1.5 / 13))  # linear in the frame index
-    assert (torch.zeros(3, 14, 4, 8, 8) * w).shape == (3, 14, 4, 8, 8)  # broadcasts against (B, F, C, H, W)
+    scaled = torch.ones(3, 14, 4, 8, 8) * w  # broadcasts against (B, F, C, H, W): one scale per frame ...
+    assert torch.equal(scaled.amin(dim=(2, 3, 4)), w[..., 0, 0, 0]) and torch.equal(
+        scaled.amax(dim=(2, 3, 4)), w[..., 0, 0, 0]
+    )
 
 
 # --------------------------------------------------------------------- analytic case: Gaussian data

@@ -19,8 +19,8 @@ from helpers import max_abs_diff, randomize_
 
 from minisvd.conditioning.clip_image import clip_pixels, resize_with_antialiasing
 from minisvd.conditioning.frame import image_to_tensor
-from minisvd.pipelines.image_to_video import SVD_SCHEDULER_CONFIG
 from minisvd.pipelines import load_pipeline, tiny_random_pipeline
+from minisvd.pipelines.defaults import SVD_SCHEDULER_CONFIG
 
 TOL = 1e-4  # max abs difference of frames in [0, 1]
 

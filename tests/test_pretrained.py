@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers import FIXTURE, fixture_meta, fixture_tensors, max_abs_diff
 
-from minisvd.pipelines import load_pipeline, tiny_random_pipeline
-from minisvd.pretrained import find_in_hf_cache, find_svd_weights
 from minisvd.models.unet import UNetConfig
 from minisvd.models.vae import VAEConfig
+from minisvd.pipelines import load_pipeline, tiny_random_pipeline
+from minisvd.pretrained import find_in_hf_cache, find_svd_weights
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,48 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=D.height, help=f"multiple of 64 (default {D.height})")
     p.add_argument("--width", type=int, default=D.width, help=f"multiple of 64 (default {D.width})")
     p.add_argument("--frames", type=int, default=None, help="number of frames (default: 14 SVD, 25 SVD-XT)")
-    p.add_argument("--steps", type=int, default=D.num_inference_steps, help=f"Euler steps (default {D.num_inference_steps})")
-    p.add_argument("--fps", type=int, default=D.fps, help=f"frame rate; conditions the model with fps-1 (default {D.fps})")
-    p.add_argument("--motion-bucket", type=int, default=D.motion_bucket_id, help=f"more motion when higher (default {D.motion_bucket_id})")
-    p.add_argument("--min-guidance", type=float, default=D.min_guidance_scale, help=f"guidance of the first frame (default {D.min_guidance_scale})")
-    p.add_argument("--max-guidance", type=float, default=D.max_guidance_scale, help=f"guidance of the last frame (default {D.max_guidance_scale})")
-    p.add_argument("--noise-aug", type=float, default=D.noise_aug_strength, help=f"conditioning augmentation (default {D.noise_aug_strength})")
-    p.add_argument("--decode-chunk", type=int, default=D.decode_chunk_size, help="frames decoded at once (default all; fewer: less memory)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=D.num_inference_steps,
+        help=f"Euler steps (default {D.num_inference_steps})",
+    )
+    p.add_argument(
+        "--fps",
+        type=int,
+        default=D.fps,
+        help=f"frame rate; conditions the model with fps-1 (default {D.fps})",
+    )
+    p.add_argument(
+        "--motion-bucket",
+        type=int,
+        default=D.motion_bucket_id,
+        help=f"more motion when higher (default {D.motion_bucket_id})",
+    )
+    p.add_argument(
+        "--min-guidance",
+        type=float,
+        default=D.min_guidance_scale,
+        help=f"guidance of the first frame (default {D.min_guidance_scale})",
+    )
+    p.add_argument(
+        "--max-guidance",
+        type=float,
+        default=D.max_guidance_scale,
+        help=f"guidance of the last frame (default {D.max_guidance_scale})",
+    )
+    p.add_argument(
+        "--noise-aug",
+        type=float,
+        default=D.noise_aug_strength,
+        help=f"conditioning augmentation (default {D.noise_aug_strength})",
+    )
+    p.add_argument(
+        "--decode-chunk",
+        type=int,
+        default=D.decode_chunk_size,
+        help="frames decoded at once (default all; fewer: less memory)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument(
@@ -56,8 +91,8 @@ def register(sub) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from minisvd.models.unet import nearest_multiple
     from minisvd.device import pick_device
+    from minisvd.models.unet import nearest_multiple
 
     # cheap checks first: a bad size or image should not wait for gigabytes of weights
     for name in ("height", "width"):

@@ -30,7 +30,9 @@ class Conditioning:
 
     def __post_init__(self):
         B = self.context.shape[0]
-        if self.added_time_ids.shape[0] != B or (self.cond_latent is not None and self.cond_latent.shape[0] != B):
+        if self.added_time_ids.shape[0] != B or (
+            self.cond_latent is not None and self.cond_latent.shape[0] != B
+        ):
             shapes = {k: None if v is None else tuple(v.shape) for k, v in vars(self).items()}
             raise ValueError(f"conditioning inputs disagree on the batch size: {shapes}")
 
@@ -67,7 +69,11 @@ class Conditioning:
 
     def unet_inputs(self, num_frames: int) -> dict[str, torch.Tensor | None]:
         """Keyword inputs of `conditioned_network`: the frame latent repeated over F frames, (B, F, C_z, h, w)."""
-        latent = None if self.cond_latent is None else repeat(self.cond_latent, "b c h w -> b f c h w", f=num_frames)
+        latent = (
+            None
+            if self.cond_latent is None
+            else repeat(self.cond_latent, "b c h w -> b f c h w", f=num_frames)
+        )
         return {"cond_latent": latent, "context": self.context, "added_time_ids": self.added_time_ids}
 
 

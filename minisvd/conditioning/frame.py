@@ -62,7 +62,6 @@ def resize_for_vae(image, height: int, width: int) -> torch.Tensor:
     return x * 2.0 - 1.0
 
 
-
 def noise_augment(
     frames: torch.Tensor,  # (B, 3, H, W) in [-1, 1]
     cond_aug: float | torch.Tensor,  # scalar or (B,): the noise strength per video

@@ -31,7 +31,9 @@ def micro_conditioning(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """added_time_ids (B, 3) = [fps - 1, motion_bucket_id, cond_aug] per video."""
-    cols = [torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (fps_id(fps), motion_bucket_id, cond_aug)]
+    cols = [
+        torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (fps_id(fps), motion_bucket_id, cond_aug)
+    ]
     B = batch_size or max(c.numel() for c in cols)
     for name, c in zip(("fps", "motion_bucket_id", "cond_aug"), cols):
         if c.numel() not in (1, B):

@@ -1,7 +1,7 @@
 """Sampling pipelines: image-to-video (SVD) today; text-to-video, interpolation and multi-view later.
 
-    defaults.py         SVD's sampling defaults (steps, fps, motion bucket, cond_aug, guidance, decode chunk)
-    image_to_video.py   `ImageToVideo`, `load_pipeline`, `tiny_random_pipeline`
+defaults.py         SVD's sampling defaults (steps, fps, motion bucket, cond_aug, guidance, decode chunk)
+image_to_video.py   `ImageToVideo`, `load_pipeline`, `tiny_random_pipeline`
 """
 
 from minisvd.pipelines.defaults import SAMPLING, SamplingDefaults  # noqa: F401

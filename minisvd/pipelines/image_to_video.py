@@ -145,7 +145,9 @@ class ImageToVideo:
 
     def added_time_ids(self, fps: int, motion_bucket_id: int, noise_aug_strength: float) -> torch.Tensor:
         """Step 3: micro-conditioning (fps_id, motion_bucket_id, cond_aug), (1, 3). SVD was trained on fps - 1."""
-        return micro_conditioning(fps, motion_bucket_id, noise_aug_strength, device=self.device, dtype=self.dtype)
+        return micro_conditioning(
+            fps, motion_bucket_id, noise_aug_strength, device=self.device, dtype=self.dtype
+        )
 
     def conditioning(
         self,
@@ -304,7 +306,9 @@ def tiny_random_pipeline(seed: int = 0, scale: float = 0.1, num_frames: int = 8)
 
     unet = UNet(UNetConfig.tiny(num_frames=num_frames))
     vae = VideoVAE(VAEConfig.tiny())
-    clip = CLIPVisionModelWithProjection(tiny_clip_vision_config(projection_dim=unet.config.cross_attention_dim))
+    clip = CLIPVisionModelWithProjection(
+        tiny_clip_vision_config(projection_dim=unet.config.cross_attention_dim)
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for model in (unet, vae, clip):

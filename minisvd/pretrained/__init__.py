@@ -1,11 +1,11 @@
 """Pretrained weights in and out: nothing is downloaded, nothing is unpickled.
 
-    weights.py         safe weight files (safetensors, or torch.load(weights_only=True)) and checked loading
-                       that names missing, unexpected and mis-shaped keys
-    load.py            find SVD (folder, HF cache, original single file) and build its models
-    save.py            write the diffusers layout
-    original_unet.py   key table: original Stability checkpoint (sgm) -> our/diffusers UNet names
-    original_vae.py    key table: original checkpoint -> our/diffusers VAE names (incl. time_mix_conv)
+weights.py         safe weight files (safetensors, or torch.load(weights_only=True)) and checked loading
+                   that names missing, unexpected and mis-shaped keys
+load.py            find SVD (folder, HF cache, original single file) and build its models
+save.py            write the diffusers layout
+original_unet.py   key table: original Stability checkpoint (sgm) -> our/diffusers UNet names
+original_vae.py    key table: original checkpoint -> our/diffusers VAE names (incl. time_mix_conv)
 """
 
 from minisvd.pretrained.load import find_in_hf_cache, find_svd_weights, load_components  # noqa: F401

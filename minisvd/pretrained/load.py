@@ -188,7 +188,9 @@ def load_single_file(
             f"the UNet in {path.name} does not fit the {preset or 'given'} size preset: {e}"
         ) from None
     unet = build_checked(UNet, unet_config, unet_conv, "UNet", path.name)
-    vae = build_checked(VideoVAE, vae_config or VAEConfig.svd(), convert_vae_state_dict(vae_sd), "VAE", path.name)
+    vae = build_checked(
+        VideoVAE, vae_config or VAEConfig.svd(), convert_vae_state_dict(vae_sd), "VAE", path.name
+    )
     return _components(unet, vae, _load_clip(Path(image_encoder), variant, dtype), dtype)
 
 

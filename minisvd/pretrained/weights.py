@@ -65,7 +65,11 @@ def format_problems(missing: list[str], unexpected: list[str], misshaped: list[s
 
 
 def require_fit(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "model", source=None, strict: bool = True
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    what: str = "model",
+    source=None,
+    strict: bool = True,
 ) -> None:
     """Raise one ValueError naming every missing, unexpected and mis-shaped key (missing/unexpected only if strict)."""
     missing, unexpected, misshaped = check_state_dict(model, state_dict)
@@ -93,7 +97,9 @@ def build_checked(model_cls, config, state_dict: dict[str, torch.Tensor], what: 
         model = model_cls(config)
     require_fit(model, state_dict, what, source)
     model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True, assign=True
+        {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()},
+        strict=True,
+        assign=True,
     )
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:  # a buffer built in __init__ and not saved: build it for real instead
