@@ -8,8 +8,8 @@ from diffusers import UNetSpatioTemporalConditionModel
 from helpers import fixture_meta, fixture_tensors, max_abs_diff, randomize_
 
 from minisvd import UNet, UNetConfig
-from minisvd.pretrained.weights import load_state_dict_checked
 from minisvd.pretrained import convert_unet_state_dict
+from minisvd.pretrained.weights import load_state_dict_checked
 
 torch.set_grad_enabled(False)
 
@@ -55,7 +55,7 @@ def test_original_key_table_covers_fixture_and_keeps_input_intact():
 
 
 def test_original_key_table_full_size_examples():
-    """The example pairs of REFERENCE.md, on the 4-level SVD numbering."""
+    """Original (sgm, Stability-AI/generative-models) -> diffusers key pairs, on the 4-level SVD numbering."""
     cfg = UNetConfig.svd_xt()
     pairs = {
         "time_embed.0.weight": "time_embedding.linear_1.weight",

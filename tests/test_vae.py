@@ -12,10 +12,10 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from helpers import fixture_meta, fixture_tensors, max_abs_diff, randomize_
 
-from minisvd.pretrained.weights import load_state_dict_checked
-from minisvd.pretrained.original_vae import convert_vae_state_dict
 from minisvd.models.distributions import DiagonalGaussian
 from minisvd.models.vae import VAEConfig, VideoVAE
+from minisvd.pretrained.original_vae import convert_vae_state_dict
+from minisvd.pretrained.weights import load_state_dict_checked
 
 # ---------------------------------------------------------------------------------------------------------
 # Sizes
@@ -55,6 +55,19 @@ def test_config_from_and_to_diffusers():
     assert VAEConfig.from_diffusers(diffusers_svd) == VAEConfig.svd()
     with pytest.raises(ValueError, match="DownEncoderBlock2D"):
         VAEConfig.from_diffusers({**diffusers_svd, "down_block_types": ["AttnDownEncoderBlock2D"] * 4})
+
+
+def test_presets_accept_overrides():
+    tiny = VAEConfig.tiny(latent_channels=8, sample_size=64)
+    assert tiny == VAEConfig(
+        block_out_channels=(32, 64), layers_per_block=2, latent_channels=8, sample_size=64
+    )
+    assert VAEConfig.tiny(block_out_channels=(32,)).block_out_channels == (32,)
+    assert VAEConfig.tiny() == VAEConfig(block_out_channels=(32, 64), layers_per_block=2, sample_size=32)
+    assert VAEConfig.svd(scaling_factor=0.2) == VAEConfig(scaling_factor=0.2)
+    assert VAEConfig.svd() == VAEConfig()
+    with pytest.raises(ValueError, match="multiples of 32"):
+        VAEConfig.tiny(block_out_channels=(32, 48))
 
 
 # ---------------------------------------------------------------------------------------------------------

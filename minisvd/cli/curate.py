@@ -25,8 +25,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minisvd.curation.filtering import PAPER_FILTERS, STANDIN_FILTERS, apply_filters, format_funnel
     from minisvd.curation.curate import CurateConfig, curate_folder
+    from minisvd.curation.filtering import apply_filters, format_funnel, score_choice
 
     cfg = CurateConfig(workers=args.workers, clip_dir=args.clip_dir, aesthetic_weights=args.aesthetic_weights)
     rep = curate_folder(args.folder, args.out, cfg)
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for v in errors:
         print(f"  skipped {v['video']}: {v['reason']}")
-    _, funnel = apply_filters(rep.clips, PAPER_FILTERS if args.clip_dir else STANDIN_FILTERS)
+    _, filters = score_choice(cfg.clip_dir)
+    _, funnel = apply_filters(rep.clips, filters)
     print(format_funnel(funnel))
     return 0

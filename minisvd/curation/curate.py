@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from minisvd.curation.captions import DescribeFrame, DescribeMotion, JoinSummary
 from minisvd.curation.clip_scores import make_scorer
 from minisvd.curation.cuts import CutConfig, detect_cuts_in_frames, scenes, snap_to_keyframes
+from minisvd.curation.filtering import column, score_choice  # noqa: F401  (column: re-exported for notebook 04)
 from minisvd.curation.motion import MotionConfig, describe_motion, flow_size, motion_score, sample_indices
 from minisvd.curation.text import text_score
 from minisvd.curation.video_io import decode_small_yuv, extract_clip, iter_frames, probe
@@ -67,7 +67,8 @@ def write_table(path: Path, rows: list[dict], cols: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def _missing(row: dict, cols: list[str], scorer_cols: list[str]) -> list[str]:
+def _missing(row: dict, scorer_cols: list[str]) -> list[str]:
+    """The steps whose columns are still empty in this clip row."""
     steps = [s for s, c in STEPS.items() if any(row.get(k, "") == "" for k in c)]
     if any(row.get(k, "") == "" for k in scorer_cols):
         steps.append("scores")
@@ -113,6 +114,7 @@ def process_video(
         clip_dir = Path(out) / "clips"
         clip_dir.mkdir(parents=True, exist_ok=True)
         scorer = None
+        score_cols, _ = score_choice(cfg.clip_dir)
         for c in clips:
             f = clip_dir / f"{c['clip_id']}.mp4"
             if not f.exists() or c.get("file", "") == "":
@@ -120,8 +122,7 @@ def process_video(
                 c["file"] = str(Path("clips") / f.name)
                 done["extract"] += 1
             scorer = scorer or make_scorer(cfg.clip_dir, cfg.aesthetic_weights)
-            cols = ["clip_score"] if cfg.clip_dir else ["standin_aesthetic", "standin_consistency"]
-            todo = _missing(c, CLIP_COLS, cols)
+            todo = _missing(c, score_cols)
             if todo:
                 score_clip(c, f, info.height, info.width, todo, scorer, cfg)
                 done.update(todo)
@@ -188,7 +189,7 @@ def curate_folder(
     by_video: dict[str, list[dict]] = {}
     for c in clips:
         by_video.setdefault(c["video"], []).append(c)
-    score_cols = ["clip_score"] if cfg.clip_dir else ["standin_aesthetic", "standin_consistency"]
+    score_cols, _ = score_choice(cfg.clip_dir)
     jobs = []
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() not in VIDEO_EXT or not p.is_file():
@@ -200,7 +201,7 @@ def curate_folder(
         elif old["status"] == "error" or (
             old.get("n_clips", "") != ""
             and all(
-                not _missing(c, CLIP_COLS, score_cols) and c.get("file") and (out / c["file"]).exists()
+                not _missing(c, score_cols) and c.get("file") and (out / c["file"]).exists()
                 for c in by_video.get(p.name, [])
             )
         ):
@@ -227,15 +228,3 @@ def curate_folder(
         write_table(cpath, [], CLIP_COLS)
     all_clips = [c for v in sorted(by_video) for c in by_video[v]]
     return CurateReport(list(videos.values()), all_clips, computed)
-
-
-def finite(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def column(rows: list[dict], name: str) -> np.ndarray:
-    """A numeric column of the manifest (NaN where missing)."""
-    return np.array([finite(r.get(name)) for r in rows])

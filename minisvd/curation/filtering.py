@@ -37,6 +37,30 @@ STANDIN_FILTERS = PAPER_FILTERS[:3] + [
 ]
 
 
+def score_choice(clip_dir: str | None) -> tuple[list[str], list[Filter]]:
+    """The score columns a run must fill, and the filters that read them.
+
+    With a CLIP model folder: `clip_score` and the paper's filters; without one: the offline stand-in's
+    columns (`standin_*`, not CLIP) and `STANDIN_FILTERS`. See `clip_scores.make_scorer`.
+    """
+    if clip_dir:
+        return ["clip_score"], PAPER_FILTERS
+    return ["standin_aesthetic", "standin_consistency"], STANDIN_FILTERS
+
+
+def finite(x) -> float:
+    """A manifest cell as a float; NaN where it is empty or not a number."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def column(rows: list[dict], name: str) -> np.ndarray:
+    """A numeric column of the manifest (NaN where missing)."""
+    return np.array([finite(r.get(name)) for r in rows])
+
+
 def threshold(values: np.ndarray, f: Filter) -> float:
     """The cut-off value: the quantile of the scores (taken over all clips), or the absolute limit."""
     v = values[np.isfinite(values)]
@@ -77,20 +101,13 @@ def apply_filters(rows: list[dict], filters: list[Filter]) -> tuple[np.ndarray, 
 
     funnel = [row("all clips")]
     for f in filters:
-        vals = np.array([_num(r.get(f.column)) for r in rows])
+        vals = column(rows, f.column)
         if not np.isfinite(vals).any():
             continue  # this score was not computed (e.g. no CLIP weights): the filter is skipped
         thr = threshold(vals, f)
         keep &= passes(vals, f, thr)
         funnel.append(row(f.label or f.column, thr))
     return keep, funnel
-
-
-def _num(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def format_funnel(funnel: list[FunnelRow]) -> str:

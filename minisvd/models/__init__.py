@@ -3,7 +3,8 @@
     embeddings.py     sinusoidal embeddings of c_noise, the micro-conditioning ids and the frame index, + MLPs
     resnet.py         ResBlock, its temporal twin (3x1x1 convs), AlphaBlender, Down/Upsample
     attention.py      Attention, spatial and temporal transformer blocks, SpatioTemporalTransformer
-    unet.py           UNetConfig (presets tiny/small/svd/svd_xt) and the spatio-temporal UNet F_theta
+    unet_config.py    UNetConfig: sizes, presets tiny/small/svd/svd_xt, diffusers config round trip
+    unet.py           the spatio-temporal UNet F_theta (dropout and gradient checkpointing for training)
     distributions.py  the VAE posterior q(z|x) = N(mean, var)
     vae.py            VAEConfig and VideoVAE: image encoder, decoder with temporal layers
     inflate.py        image -> video surgery: which keys are temporal, zero-init, copying image weights

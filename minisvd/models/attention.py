@@ -21,16 +21,19 @@ class Attention(nn.Module):
     """Multi-head attention, softmax(Q K^T / sqrt(d)) V (Vaswani et al. 2017), via PyTorch SDPA.
 
     Self-attention when `context` is None, cross-attention otherwise (keys/values from `context`).
+    `dropout` acts on the output (`to_out[1]`, after the output projection).
     """
 
-    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):
+    def __init__(
+        self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None, dropout: float = 0.0
+    ):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(dropout)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, L, C) attends to context (N_c, L_c, D); each context row serves N / N_c consecutive rows of x."""
@@ -40,12 +43,13 @@ class Attention(nn.Module):
             # One key (SVD's single CLIP token): softmax over one logit is exactly 1, so every query
             # receives V. Same result as the general path below, without Q, K or the attention matrix.
             out = self.to_out[0](self.to_v(context))  # (N_c, 1, C)
-            return self._per_query_row(out, x.shape[0]).expand(-1, x.shape[1], -1)  # (N, L, C)
+            out = self._per_query_row(out, x.shape[0]).expand(-1, x.shape[1], -1)  # (N, L, C)
+            return self.to_out[1](out)  # dropout after the expansion: one mask entry per query
         context = self._per_query_row(context, x.shape[0])
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (N, L, h*d)
         q, k, v = (rearrange(t, "n l (h d) -> n h l d", h=self.heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)  # (N, h, L, d)
-        return self.to_out[0](rearrange(out, "n h l d -> n l (h d)"))
+        return self.to_out[1](self.to_out[0](rearrange(out, "n h l d -> n l (h d)")))
 
     @staticmethod
     def _per_query_row(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -77,12 +81,12 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Transformer MLP: GEGLU to 4*dim, then back to dim_out."""
+    """Transformer MLP: GEGLU to 4*dim, dropout, then back to dim_out."""
 
-    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4):
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         self.net = nn.ModuleList(
-            [GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim_out or dim)]
+            [GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim_out or dim)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,14 +98,14 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Spatial block (pre-LayerNorm): self-attention over pixels, cross-attention to CLIP, feed-forward."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads, dim_head)
+        self.attn1 = Attention(dim, heads, dim_head, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim)
+        self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim, dropout=dropout)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
+        self.ff = FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # x: (B*F, H*W, C)
         x = self.attn1(self.norm1(x)) + x
@@ -113,10 +117,10 @@ class TemporalTransformerBlock(TransformerBlock):
     """Temporal block: the spatial block's layers applied along frames at each pixel, after an extra
     input feed-forward (norm_in, ff_in)."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
-        super().__init__(dim, heads, dim_head, context_dim)
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, dropout: float = 0.0):
+        super().__init__(dim, heads, dim_head, context_dim, dropout)
         self.norm_in = nn.LayerNorm(dim)
-        self.ff_in = FeedForward(dim, dim)
+        self.ff_in = FeedForward(dim, dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor) -> torch.Tensor:
         hw = x.shape[1]
@@ -130,16 +134,16 @@ class TemporalTransformerBlock(TransformerBlock):
 class SpatioTemporalTransformer(nn.Module):
     """GroupNorm -> linear in -> [spatial block, + frame-position embedding, temporal block, blend] -> linear out, + residual."""
 
-    def __init__(self, channels: int, heads: int, context_dim: int, depth: int = 1):
+    def __init__(self, channels: int, heads: int, context_dim: int, depth: int = 1, dropout: float = 0.0):
         super().__init__()
         dim_head = channels // heads
         self.norm = GroupNorm32(32, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(
-            [TransformerBlock(channels, heads, dim_head, context_dim) for _ in range(depth)]
+            [TransformerBlock(channels, heads, dim_head, context_dim, dropout) for _ in range(depth)]
         )
         self.temporal_transformer_blocks = nn.ModuleList(
-            [TemporalTransformerBlock(channels, heads, dim_head, context_dim) for _ in range(depth)]
+            [TemporalTransformerBlock(channels, heads, dim_head, context_dim, dropout) for _ in range(depth)]
         )
         self.time_pos_embed = TimestepEmbedding(channels, channels * 4, out_dim=channels)
         self.time_mixer = AlphaBlender(0.5)
@@ -159,13 +163,11 @@ class SpatioTemporalTransformer(nn.Module):
         x = self.proj_in(x)  # (B*F, H*W, C)
 
         frame_idx = torch.arange(num_frames, device=x.device).repeat(bf // num_frames)  # (B*F,)
-        frame_emb = self.time_pos_embed(sinusoidal_embedding(frame_idx, c).to(x.dtype))[
-            :, None, :
-        ]  # (B*F, 1, C)
+        frame_emb = self.time_pos_embed(sinusoidal_embedding(frame_idx, c).to(x.dtype))  # (B*F, C)
 
         for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
             x = block(x, context)
-            x_temporal = temporal_block(x + frame_emb, num_frames, time_context)
+            x_temporal = temporal_block(x + frame_emb[:, None], num_frames, time_context)
             x = self.time_mixer(x, x_temporal, image_only_indicator)
 
         x = self.proj_out(x)

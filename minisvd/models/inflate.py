@@ -1,10 +1,19 @@
 """Turning an image model into a video model ("inflation", Blattmann et al. 2023, Sec. 3; Video LDM Sec. 3.1).
 
-SVD starts from Stable Diffusion 2.1: the spatial layers keep the image weights, the new temporal layers
-are added so that at initialisation the video model computes exactly what the image model computed:
-  - the last convolution of every temporal ResBlock starts at zero, so the temporal path returns its input
-    and alpha*x + (1-alpha)*x = x whatever alpha is;
-  - for images (`image_only_indicator` = 1) alpha is exactly 1, so every temporal layer is bypassed.
+SVD starts from Stable Diffusion 2.1: the spatial layers keep the image weights and the new temporal layers
+are added. `zero_init_temporal_` then makes every temporal path return its input, so that at
+initialisation the video model computes exactly what the image model computed on each frame. Every block
+blends alpha * x_spatial + (1 - alpha) * x_temporal, and if x_temporal = x_spatial that is x_spatial for
+any alpha. It zeroes (weight and bias):
+  - `conv2` of every TemporalResBlock, the last layer of its residual branch: it returns its input
+    (the original code's `zero_module` on the ResBlock output conv);
+  - in every TemporalTransformerBlock, the last layer of each residual branch, `ff_in.net[2]`,
+    `attn1.to_out[0]`, `attn2.to_out[0]` and `ff.net[2]`: each branch adds 0, the block returns its input;
+  - `time_pos_embed.linear_2` of every SpatioTemporalTransformer: the frame-position embedding added to
+    the temporal blocks' input is 0.
+Zeroing only the ResBlock convs is not enough: the temporal transformers would still change the output.
+The zeroed layers still receive gradients (through the nonzero layers before them), so they train.
+For images (`image_only_indicator` = 1) alpha is exactly 1 and every temporal layer is bypassed anyway.
 """
 
 from __future__ import annotations
@@ -12,16 +21,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minisvd.models.attention import SpatioTemporalTransformer, TemporalTransformerBlock
 from minisvd.models.resnet import TemporalResBlock
 
 
+def _last_layers(m: nn.Module) -> list[nn.Module]:
+    """The layers of `m` that zero_init_temporal_ zeroes (none if m is not a temporal module)."""
+    if isinstance(m, TemporalResBlock):
+        return [m.conv2]
+    if isinstance(m, TemporalTransformerBlock):
+        return [m.ff_in.net[2], m.attn1.to_out[0], m.attn2.to_out[0], m.ff.net[2]]
+    if isinstance(m, SpatioTemporalTransformer):
+        return [m.time_pos_embed.linear_2]
+    return []
+
+
 def zero_init_temporal_(model: nn.Module) -> nn.Module:
-    """Zero the output convolution of every temporal ResBlock (the original code's `zero_module`)."""
+    """Zero the last layer of every temporal residual branch (see the module doc): every temporal path
+    becomes the identity and the video model equals the image model. In the VAE decoder, which has
+    temporal ResBlocks and no transformers, these are the ResBlocks' conv2."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, TemporalResBlock):
-                m.conv2.weight.zero_()
-                m.conv2.bias.zero_()
+            for layer in _last_layers(m):
+                layer.weight.zero_()
+                layer.bias.zero_()
     return model
 
 

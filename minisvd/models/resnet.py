@@ -41,8 +41,9 @@ class ResBlock(nn.Module):
         in_channels: int,  # C_in
         out_channels: int,  # C_out
         temb_channels: int | None,  # width of the time embedding (None: no time embedding)
-        eps: float = 1e-5,  # GroupNorm eps (the original uses 1e-5; see UNetConfig.resnet_eps_diffusers)
+        eps: float = 1e-5,  # GroupNorm eps (the original uses 1e-5; see UNetConfig.diffusers_resnet_eps)
         dims: int = 2,  # 2: spatial 3x3 convs; 3: temporal 3x1x1 convs
+        dropout: float = 0.0,  # before the second conv (UNetConfig.dropout)
     ):
         super().__init__()
         Conv = nn.Conv2d if dims == 2 else nn.Conv3d
@@ -51,7 +52,7 @@ class ResBlock(nn.Module):
         self.conv1 = Conv(in_channels, out_channels, k, padding=pad)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = GroupNorm32(32, out_channels, eps=eps)
-        self.dropout = nn.Dropout(0.0)
+        self.dropout = nn.Dropout(dropout)
         self.conv2 = Conv(out_channels, out_channels, k, padding=pad)
         self.conv_shortcut = Conv(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.dims = dims
@@ -72,8 +73,8 @@ class ResBlock(nn.Module):
 class TemporalResBlock(ResBlock):
     """The temporal ResBlock: 3x1x1 convolutions over (B, C, F, H, W), mixing only across frames."""
 
-    def __init__(self, channels: int, temb_channels: int | None, eps: float = 1e-5):
-        super().__init__(channels, channels, temb_channels, eps=eps, dims=3)
+    def __init__(self, channels: int, temb_channels: int | None, eps: float = 1e-5, dropout: float = 0.0):
+        super().__init__(channels, channels, temb_channels, eps=eps, dims=3, dropout=dropout)
 
 
 class AlphaBlender(nn.Module):
@@ -120,10 +121,11 @@ class SpatioTemporalResBlock(nn.Module):
         eps: float = 1e-5,
         merge_factor: float = 0.5,  # initial mix_factor (0.5 in the UNet, 0 in the VAE decoder)
         switch_spatial_to_temporal_mix: bool = False,  # True in the VAE decoder
+        dropout: float = 0.0,  # of both ResBlocks
     ):
         super().__init__()
-        self.spatial_res_block = ResBlock(in_channels, out_channels, temb_channels, eps=eps)
-        self.temporal_res_block = TemporalResBlock(out_channels, temb_channels, eps=eps)
+        self.spatial_res_block = ResBlock(in_channels, out_channels, temb_channels, eps=eps, dropout=dropout)
+        self.temporal_res_block = TemporalResBlock(out_channels, temb_channels, eps=eps, dropout=dropout)
         self.time_mixer = AlphaBlender(merge_factor, switch=switch_spatial_to_temporal_mix)
 
     def forward(
@@ -151,15 +153,11 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 upsampling (or to an explicit size), then a 3x3 convolution."""
+    """Nearest-neighbour x2 upsampling, then a 3x3 convolution."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        if size is None:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        else:
-            x = F.interpolate(x, size=size, mode="nearest")
-        return self.conv(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

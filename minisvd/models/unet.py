@@ -18,22 +18,27 @@ the two with `load_state_dict(strict=True)`. Differences from diffusers (all tes
   2. GroupNorms run in float32 whatever the model dtype (as the original code; diffusers norms in the
      input dtype). Identical in fp32.
   3. H and W must be divisible by 2^(levels-1); diffusers silently interpolates odd sizes, we raise.
+
+UNetConfig (sizes, presets, diffusers config round trip) lives in unet_config.py and is re-exported here.
+For training: `UNetConfig(dropout=p)` and `UNet.enable_gradient_checkpointing()` (tests/test_models_training.py).
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field, replace
 
 import math
 
 import torch
 from einops import rearrange, repeat
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from minisvd.models.attention import SpatioTemporalTransformer
 from minisvd.models.embeddings import TimestepEmbedding, sinusoidal_embedding
 from minisvd.models.inflate import is_temporal_key
 from minisvd.models.resnet import Downsample, GroupNorm32, SpatioTemporalResBlock, Upsample
+from minisvd.models.unet_config import UNetConfig
+
+__all__ = ["UNet", "UNetConfig", "nearest_multiple"]
 
 
 def nearest_multiple(v: int, m: int = 64) -> int:
@@ -41,194 +46,33 @@ def nearest_multiple(v: int, m: int = 64) -> int:
     return max(m, int(math.floor(v / m + 0.5)) * m)
 
 
-@dataclass
-class UNetConfig:
-    in_channels: int = 8  # noisy latent (4) + conditioning-frame latent (4)
-    out_channels: int = 4  # latent channels
-    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # channels per resolution level
-    attention_levels: tuple[bool, ...] = (True, True, True, False)  # spatio-temporal transformers per level
-    layers_per_block: int = 2  # ResBlocks per down level (up levels have one more)
-    num_attention_heads: tuple[int, ...] = (5, 10, 20, 20)  # heads per level (head dim 64 in SVD)
-    transformer_layers_per_block: int = 1  # depth of each transformer
-    cross_attention_dim: int = 1024  # CLIP ViT-H/14 image embedding width
-    addition_time_embed_dim: int = 256  # sinusoidal width of each added time id
-    num_added_time_ids: int = 3  # fps_id, motion_bucket_id, cond_aug
-    num_frames: int = 25  # frames the weights were trained for (14 for SVD, 25 for SVD-XT)
-    diffusers_resnet_eps: bool = (
-        False  # True: diffusers' GroupNorm eps 1e-6 in 72 ResBlock norms (see module doc)
-    )
-    extra: dict = field(default_factory=dict, repr=False)  # config keys we carry but do not use
+class UNetBlock(nn.Module):
+    """Base of the down, mid and up blocks: runs their ResBlocks and transformers, with activation
+    checkpointing when `gradient_checkpointing` is set (UNet.enable_gradient_checkpointing) and training."""
 
-    # ----- size presets -------------------------------------------------------------------------------
-    @classmethod
-    def tiny(cls, **kw) -> UNetConfig:
-        """Trains on a laptop CPU in minutes (1,308,432 parameters)."""
-        return cls(
-            **{
-                **dict(
-                    block_out_channels=(32, 64),
-                    attention_levels=(True, False),
-                    layers_per_block=1,
-                    num_attention_heads=(2, 4),
-                    cross_attention_dim=32,
-                    addition_time_embed_dim=32,
-                    num_frames=8,
-                ),
-                **kw,
-            }
-        )
+    gradient_checkpointing = False
 
-    @classmethod
-    def small(cls, **kw) -> UNetConfig:
-        """Minutes per epoch on a GPU, still runs on CPU (29,403,360 parameters)."""
-        return cls(
-            **{
-                **dict(
-                    block_out_channels=(64, 128, 256),
-                    attention_levels=(True, True, False),
-                    num_attention_heads=(2, 4, 8),
-                    cross_attention_dim=256,
-                    addition_time_embed_dim=64,
-                    num_frames=14,
-                ),
-                **kw,
-            }
-        )
-
-    @classmethod
-    def svd(cls, **kw) -> UNetConfig:
-        """stabilityai/stable-video-diffusion-img2vid: 14 frames, 1,524,623,082 parameters."""
-        return cls(**{**dict(num_frames=14), **kw})
-
-    @classmethod
-    def svd_xt(cls, **kw) -> UNetConfig:
-        """stabilityai/stable-video-diffusion-img2vid-xt: 25 frames, same architecture as `svd`."""
-        return cls(**{**dict(num_frames=25), **kw})
-
-    # ----- diffusers interop ------------------------------------------------------------------------
-    @classmethod
-    def from_diffusers(cls, config: dict, **kw) -> UNetConfig:
-        """Build from a diffusers `UNetSpatioTemporalConditionModel` config dict (config.json)."""
-        down = list(config.get("down_block_types", cls().to_diffusers()["down_block_types"]))
-        up = list(config.get("up_block_types", cls().to_diffusers()["up_block_types"]))
-        levels = tuple(t.startswith("CrossAttn") for t in down)
-        expected_up = [
-            "CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in reversed(levels)
-        ]
-        if up != expected_up:
-            raise ValueError(f"up_block_types must mirror down_block_types: expected {expected_up}, got {up}")
-        n = len(down)
-
-        def per_level(v, name):
-            if isinstance(v, int):
-                return (v,) * n
-            if len(set(v)) != 1 and name in ("layers_per_block", "transformer_layers_per_block"):
-                raise ValueError(f"{name} must be the same on every level, got {v}")
-            return tuple(v)
-
-        d = cls()
-        cad = config.get("cross_attention_dim", d.cross_attention_dim)
-        if not isinstance(cad, int):
-            if len(set(cad)) != 1:
-                raise ValueError(f"cross_attention_dim must be one int, got {cad}")
-            cad = cad[0]
-        ated = config.get("addition_time_embed_dim", d.addition_time_embed_dim)
-        pcd = config.get("projection_class_embeddings_input_dim", ated * 3)
-        if pcd % ated:
-            raise ValueError(f"projection_class_embeddings_input_dim {pcd} is not a multiple of {ated}")
-        known = {
-            "in_channels",
-            "out_channels",
-            "block_out_channels",
-            "down_block_types",
-            "up_block_types",
-            "layers_per_block",
-            "num_attention_heads",
-            "transformer_layers_per_block",
-            "cross_attention_dim",
-            "addition_time_embed_dim",
-            "projection_class_embeddings_input_dim",
-            "num_frames",
-        }
-        return cls(
-            **{
-                **dict(
-                    in_channels=config.get("in_channels", d.in_channels),
-                    out_channels=config.get("out_channels", d.out_channels),
-                    block_out_channels=tuple(config.get("block_out_channels", d.block_out_channels)),
-                    attention_levels=levels,
-                    layers_per_block=per_level(config.get("layers_per_block", 2), "layers_per_block")[0],
-                    num_attention_heads=per_level(
-                        config.get("num_attention_heads", d.num_attention_heads), "heads"
-                    ),
-                    transformer_layers_per_block=per_level(
-                        config.get("transformer_layers_per_block", 1), "transformer_layers_per_block"
-                    )[0],
-                    cross_attention_dim=cad,
-                    addition_time_embed_dim=ated,
-                    num_added_time_ids=pcd // ated,
-                    num_frames=config.get("num_frames", d.num_frames),
-                    extra={k: v for k, v in config.items() if k not in known and not k.startswith("_")},
-                ),
-                **kw,
-            }
-        )
-
-    def to_diffusers(self) -> dict:
-        """The equivalent diffusers `UNetSpatioTemporalConditionModel` config dict."""
-        return dict(
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            down_block_types=[
-                ("CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal")
-                for a in self.attention_levels
-            ],
-            up_block_types=[
-                ("CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal")
-                for a in reversed(self.attention_levels)
-            ],
-            block_out_channels=list(self.block_out_channels),
-            addition_time_embed_dim=self.addition_time_embed_dim,
-            projection_class_embeddings_input_dim=self.addition_time_embed_dim * self.num_added_time_ids,
-            layers_per_block=self.layers_per_block,
-            cross_attention_dim=self.cross_attention_dim,
-            transformer_layers_per_block=self.transformer_layers_per_block,
-            num_attention_heads=list(self.num_attention_heads),
-            num_frames=self.num_frames,
-        )
-
-    def __post_init__(self):
-        n = len(self.block_out_channels)
-        for name in ("attention_levels", "num_attention_heads"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(
-                    f"UNetConfig.{name} needs one entry per level ({n}), got {getattr(self, name)}"
-                )
-        for c in self.block_out_channels:
-            if c % 32:
-                raise ValueError(f"block_out_channels must be multiples of 32 (GroupNorm groups), got {c}")
-        self.block_out_channels = tuple(self.block_out_channels)
-        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
-        self.num_attention_heads = tuple(self.num_attention_heads)
-
-    def replace(self, **kw) -> UNetConfig:
-        return replace(self, **kw)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def run(self, layer: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # keep only the layer's input; recompute its activations in the backward pass (same RNG state)
+            return checkpoint(layer, x, *args, use_reentrant=False)
+        return layer(x, *args)
 
 
-class DownBlock(nn.Module):
+class DownBlock(UNetBlock):
     """One resolution level going down: ResBlocks (each followed by a transformer if `attention`), then a
     stride-2 conv. Every intermediate output is kept for the skip connections."""
 
-    def __init__(self, c_in, c_out, temb, n_layers, attention, heads, context_dim, depth, eps, downsample):
+    def __init__(
+        self, c_in, c_out, temb, n_layers, attention, heads, context_dim, depth, eps, downsample, dropout=0.0
+    ):
         super().__init__()
+        ins = [c_in] + [c_out] * (n_layers - 1)
         self.resnets = nn.ModuleList(
-            [SpatioTemporalResBlock(c_in if i == 0 else c_out, c_out, temb, eps=eps) for i in range(n_layers)]
+            [SpatioTemporalResBlock(c, c_out, temb, eps=eps, dropout=dropout) for c in ins]
         )
         self.attentions = nn.ModuleList(
-            [SpatioTemporalTransformer(c_out, heads, context_dim, depth) for _ in range(n_layers)]
+            [SpatioTemporalTransformer(c_out, heads, context_dim, depth, dropout) for _ in range(n_layers)]
             if attention
             else []
         )
@@ -237,9 +81,9 @@ class DownBlock(nn.Module):
     def forward(self, x, temb, context, image_only_indicator):
         skips = []
         for i, resnet in enumerate(self.resnets):
-            x = resnet(x, temb, image_only_indicator)
+            x = self.run(resnet, x, temb, image_only_indicator)
             if self.attentions:
-                x = self.attentions[i](x, context, image_only_indicator)
+                x = self.run(self.attentions[i], x, context, image_only_indicator)
             skips.append(x)
         for down in self.downsamplers:
             x = down(x)
@@ -247,40 +91,46 @@ class DownBlock(nn.Module):
         return x, skips
 
 
-class MidBlock(nn.Module):
+class MidBlock(UNetBlock):
     """ResBlock, transformer, ResBlock at the lowest resolution."""
 
-    def __init__(self, c, temb, heads, context_dim, depth, eps=1e-5):
+    def __init__(self, c, temb, heads, context_dim, depth, eps=1e-5, dropout=0.0):
         super().__init__()
-        self.resnets = nn.ModuleList([SpatioTemporalResBlock(c, c, temb, eps=eps) for _ in range(2)])
-        self.attentions = nn.ModuleList([SpatioTemporalTransformer(c, heads, context_dim, depth)])
+        self.resnets = nn.ModuleList(
+            [SpatioTemporalResBlock(c, c, temb, eps=eps, dropout=dropout) for _ in range(2)]
+        )
+        self.attentions = nn.ModuleList([SpatioTemporalTransformer(c, heads, context_dim, depth, dropout)])
 
     def forward(self, x, temb, context, image_only_indicator):
-        x = self.resnets[0](x, temb, image_only_indicator)
-        x = self.attentions[0](x, context, image_only_indicator)
-        return self.resnets[1](x, temb, image_only_indicator)
+        x = self.run(self.resnets[0], x, temb, image_only_indicator)
+        x = self.run(self.attentions[0], x, context, image_only_indicator)
+        return self.run(self.resnets[1], x, temb, image_only_indicator)
 
 
-class UpBlock(nn.Module):
+class UpBlock(UNetBlock):
     """One resolution level going up: each ResBlock takes [x, skip] concatenated on channels."""
 
     def __init__(
-        self, c_prev, c_out, skip_channels, temb, attention, heads, context_dim, depth, eps, upsample
+        self, c_prev, c_out, skips, temb, attention, heads, context_dim, depth, eps, upsample, dropout=0.0
     ):
         super().__init__()
-        ins = [(c_prev if i == 0 else c_out) + s for i, s in enumerate(skip_channels)]
-        self.resnets = nn.ModuleList([SpatioTemporalResBlock(c, c_out, temb, eps=eps) for c in ins])
+        ins = [(c_prev if i == 0 else c_out) + s for i, s in enumerate(skips)]  # skips: channels of each
+        self.resnets = nn.ModuleList(
+            [SpatioTemporalResBlock(c, c_out, temb, eps=eps, dropout=dropout) for c in ins]
+        )
         self.attentions = nn.ModuleList(
-            [SpatioTemporalTransformer(c_out, heads, context_dim, depth) for _ in ins] if attention else []
+            [SpatioTemporalTransformer(c_out, heads, context_dim, depth, dropout) for _ in ins]
+            if attention
+            else []
         )
         self.upsamplers = nn.ModuleList([Upsample(c_out)] if upsample else [])
 
     def forward(self, x, skips, temb, context, image_only_indicator):
         for i, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)  # (B*F, C + C_skip, H, W)
-            x = resnet(x, temb, image_only_indicator)
+            x = self.run(resnet, x, temb, image_only_indicator)
             if self.attentions:
-                x = self.attentions[i](x, context, image_only_indicator)
+                x = self.run(self.attentions[i], x, context, image_only_indicator)
         for up in self.upsamplers:
             x = up(x)
         return x
@@ -320,12 +170,15 @@ class UNet(nn.Module):
                     depth,
                     eps_down_attn if attn else 1e-5,
                     downsample=i < n - 1,
+                    dropout=cfg.dropout,
                 )
             )
             skip_channels += [c] * (cfg.layers_per_block + (1 if i < n - 1 else 0))
             c_prev = c
 
-        self.mid_block = MidBlock(ch[-1], temb, cfg.num_attention_heads[-1], cfg.cross_attention_dim, depth)
+        self.mid_block = MidBlock(
+            ch[-1], temb, cfg.num_attention_heads[-1], cfg.cross_attention_dim, depth, dropout=cfg.dropout
+        )
 
         self.up_blocks = nn.ModuleList()
         for i, c in enumerate(reversed(ch)):
@@ -343,6 +196,7 @@ class UNet(nn.Module):
                     depth,
                     eps_up,
                     upsample=level > 0,
+                    dropout=cfg.dropout,
                 )
             )
             c_prev = c
@@ -431,6 +285,24 @@ class UNet(nn.Module):
             x = block(x, skips, emb, context, image_only_indicator)
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         return rearrange(x, "(b f) c h w -> b f c h w", b=B)
+
+    # ----- training ---------------------------------------------------------------------------------
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """True when every ResBlock and transformer recomputes its activations in the backward pass."""
+        return self.mid_block.gradient_checkpointing
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Trade compute for memory in training (diffusers' name): only the input of each ResBlock and
+        transformer is stored; the rest is recomputed during backward. Same outputs and gradients."""
+        self._set_gradient_checkpointing(True)
+
+    def disable_gradient_checkpointing(self) -> None:
+        self._set_gradient_checkpointing(False)
+
+    def _set_gradient_checkpointing(self, on: bool) -> None:
+        for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
+            block.gradient_checkpointing = on
 
     # ----- convenience ------------------------------------------------------------------------------
     def num_parameters(self, temporal_only: bool = False) -> int:

@@ -43,9 +43,7 @@ class VAEConfig:
     layers_per_block: int = 2  # ResBlocks per encoder level (the decoder has one more)
     latent_channels: int = 4  # C of the latent z
     norm_num_groups: int = 32  # GroupNorm groups everywhere (fixed at 32 in SVD, and in diffusers)
-    scaling_factor: float = (
-        0.18215  # z_diffusion = z * scaling_factor (LDM Sec. 4.3.2); applied by the pipeline
-    )
+    scaling_factor: float = 0.18215  # the pipeline feeds the UNet z * scaling_factor (LDM Sec. 4.3.2)
     sample_size: int = 768  # nominal training resolution (informative only, as in diffusers)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # unused diffusers keys
 
@@ -67,14 +65,14 @@ class VAEConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
     @classmethod
-    def svd(cls) -> VAEConfig:
+    def svd(cls, **kw) -> VAEConfig:
         """The VAE of SVD and SVD-XT (stabilityai/stable-video-diffusion-img2vid[-xt]/vae): 97,742,847 params."""
-        return cls()
+        return cls(**kw)
 
     @classmethod
-    def tiny(cls) -> VAEConfig:
+    def tiny(cls, **kw) -> VAEConfig:
         """A CPU-sized VAE for tests and notebooks: 2 levels (latents 2x smaller), the original-code fixture's size."""
-        return cls(block_out_channels=(32, 64), layers_per_block=2, sample_size=32)
+        return cls(**{**dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=32), **kw})
 
     @classmethod
     def from_diffusers(cls, config: dict[str, Any]) -> VAEConfig:
@@ -126,10 +124,8 @@ class VAEAttention(nn.Module):
         h = x.shape[2]
         tokens = rearrange(self.group_norm(x), "n c h w -> n (h w) c")  # (N, h*w, C)
         q, k, v = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[
-            :, 0
-        ]  # one head: (N, h*w, C)
-        out = self.to_out[0](out)
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])  # one head: (N, 1, h*w, C)
+        out = self.to_out[0](out[:, 0])
         return x + rearrange(out, "n (h w) c -> n c h w", h=h)
 
 
@@ -167,9 +163,7 @@ class DecoderResBlock(SpatioTemporalResBlock):
         if image_only:
             return self.spatial_res_block(x)  # (B*F, C, H, W)
         # The decoder's blend ignores the image/video indicator ("learned", not "learned_with_images").
-        indicator = torch.zeros(
-            x.shape[0] // num_frames, num_frames, device=x.device, dtype=x.dtype
-        )  # (B, F)
+        indicator = x.new_zeros(x.shape[0] // num_frames, num_frames)  # (B, F)
         return super().forward(x, None, indicator)
 
 
@@ -183,12 +177,8 @@ class EncoderDownBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, downsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [
-                ResBlock(in_channels if i == 0 else out_channels, out_channels, None, eps=1e-6)
-                for i in range(num_layers)
-            ]
-        )
+        c_ins = [in_channels] + [out_channels] * (num_layers - 1)
+        self.resnets = nn.ModuleList([ResBlock(c, out_channels, None, eps=1e-6) for c in c_ins])
         self.downsamplers = nn.ModuleList([EncoderDownsample(out_channels)]) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,13 +208,9 @@ class Encoder(nn.Module):
         super().__init__()
         ch = config.block_out_channels
         self.conv_in = nn.Conv2d(config.in_channels, ch[0], 3, padding=1)
+        n, layers = len(ch), config.layers_per_block
         self.down_blocks = nn.ModuleList(
-            [
-                EncoderDownBlock(
-                    ch[max(i - 1, 0)], ch[i], config.layers_per_block, downsample=i < len(ch) - 1
-                )
-                for i in range(len(ch))
-            ]
+            [EncoderDownBlock(ch[max(i - 1, 0)], ch[i], layers, downsample=i < n - 1) for i in range(n)]
         )
         self.mid_block = EncoderMidBlock(ch[-1])
         self.conv_norm_out = nn.GroupNorm(32, ch[-1], eps=1e-6)
@@ -263,12 +249,8 @@ class DecoderUpBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, upsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [
-                DecoderResBlock(in_channels if i == 0 else out_channels, out_channels)
-                for i in range(num_layers)
-            ]
-        )
+        c_ins = [in_channels] + [out_channels] * (num_layers - 1)
+        self.resnets = nn.ModuleList([DecoderResBlock(c, out_channels) for c in c_ins])
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if upsample else None
 
     def forward(self, x: torch.Tensor, num_frames: int, image_only: bool = False) -> torch.Tensor:
@@ -287,13 +269,9 @@ class TemporalDecoder(nn.Module):
         ch = tuple(reversed(config.block_out_channels))  # decoder order: widest first
         self.conv_in = nn.Conv2d(config.latent_channels, ch[0], 3, padding=1)
         self.mid_block = DecoderMidBlock(ch[0], config.layers_per_block)
+        n, layers = len(ch), config.layers_per_block + 1
         self.up_blocks = nn.ModuleList(
-            [
-                DecoderUpBlock(
-                    ch[max(i - 1, 0)], ch[i], config.layers_per_block + 1, upsample=i < len(ch) - 1
-                )
-                for i in range(len(ch))
-            ]
+            [DecoderUpBlock(ch[max(i - 1, 0)], ch[i], layers, upsample=i < n - 1) for i in range(n)]
         )
         self.conv_norm_out = nn.GroupNorm(32, ch[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[-1], config.out_channels, 3, padding=1)

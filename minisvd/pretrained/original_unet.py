@@ -4,8 +4,9 @@ Ours are diffusers' `UNetSpatioTemporalConditionModel` names. The conversion is 
   1. block table: where each original numbered block lives in our tree (built from the config, because the
      original numbers blocks sequentially: input_blocks.{k}, output_blocks.{k});
   2. inner renames: how the layers inside a ResBlock / transformer are called on each side.
-Unlike diffusers' own converter this keeps every `time_mixer.mix_factor` (see REFERENCE.md pitfalls) and
-does not mutate the dict it is given.
+Unlike diffusers' own converter (scripts/convert_svd_to_diffusers.py, which drops
+`up_blocks.0.resnets.1.time_mixer.mix_factor` on a two-level config) this keeps every `time_mixer.mix_factor`,
+and it does not mutate the dict it is given.
 """
 
 from __future__ import annotations
