@@ -23,8 +23,9 @@ import torch
 
 def random_full_size_pipeline(num_frames: int, dtype: torch.dtype):
     """SVD-sized ImageToVideo with random weights, built directly on the GPU (no slow CPU init), cast to `dtype`."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionModelWithProjection
 
+    from minisvd.models.clip import svd_clip_vision_config
     from minisvd.models.unet import UNet, UNetConfig
     from minisvd.models.vae import VAEConfig, VideoVAE
     from minisvd.pipelines.image_to_video import ImageToVideo
@@ -32,18 +33,7 @@ def random_full_size_pipeline(num_frames: int, dtype: torch.dtype):
     with torch.device("cuda"):
         unet = UNet(UNetConfig.svd_xt() if num_frames == 25 else UNetConfig.svd())
         vae = VideoVAE(VAEConfig.svd())
-        clip = CLIPVisionModelWithProjection(  # ViT-H/14 sizes of the real image_encoder/config.json
-            CLIPVisionConfig(
-                hidden_size=1280,
-                intermediate_size=5120,
-                num_hidden_layers=32,
-                num_attention_heads=16,
-                image_size=224,
-                patch_size=14,
-                projection_dim=1024,
-                hidden_act="gelu",
-            )
-        )
+        clip = CLIPVisionModelWithProjection(svd_clip_vision_config())  # ViT-H/14 as the real image_encoder/
     pipe = ImageToVideo(unet.eval(), vae.eval(), clip.eval())
     return pipe.to("cuda", dtype=dtype)
 

@@ -50,7 +50,9 @@ def diffusers_tiny(tmp_path_factory):
         StableVideoDiffusionPipeline,
         UNetSpatioTemporalConditionModel,
     )
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from minisvd.models.clip import tiny_clip_vision_config
 
     unet = UNetSpatioTemporalConditionModel(
         block_out_channels=(32, 64),
@@ -70,17 +72,7 @@ def diffusers_tiny(tmp_path_factory):
         block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2, latent_channels=4
     )
     # the pipeline feeds CLIP 224 x 224 pixels (hard-coded), so the tiny tower is a 224 px ViT with 32 px patches
-    clip = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=224,
-            patch_size=32,
-            intermediate_size=37,
-        )
-    )
+    clip = CLIPVisionModelWithProjection(tiny_clip_vision_config(projection_dim=32))
     for i, m in enumerate((unet, vae, clip)):
         randomize_(m, seed=i + 1, scale=0.1)
     scheduler = EulerDiscreteScheduler(

@@ -19,3 +19,19 @@ def tiny_clip_vision_config(projection_dim: int = 32, image_size: int = 224, pat
         patch_size=patch_size,
         projection_dim=projection_dim,
     )
+
+
+def svd_clip_vision_config():
+    """The image encoder of SVD / SVD-XT (image_encoder/config.json): OpenCLIP ViT-H/14, 632M parameters."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        projection_dim=1024,
+        hidden_act="gelu",
+    )
