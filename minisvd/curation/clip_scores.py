@@ -100,15 +100,20 @@ class ClipScorer:
         torch = self.torch
         with torch.no_grad():
             inp = self.processor(text=[caption or ""], images=list(frames), return_tensors="pt", padding=True)
-            img = self.model.get_image_features(pixel_values=inp["pixel_values"])
-            txt = self.model.get_text_features(
-                input_ids=inp["input_ids"], attention_mask=inp["attention_mask"]
+            img = projected(self.model.get_image_features(pixel_values=inp["pixel_values"]))
+            txt = projected(
+                self.model.get_text_features(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"])
             )
             img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
             out = {"clip_score": float(100 * (img @ txt.T).mean())}  # CLIP-S: 100 x cosine, mean over frames
             if self.aesthetic is not None:
                 out["clip_aesthetic"] = float(self.aesthetic(img).mean())
         return out
+
+
+def projected(features):
+    """The projected CLIP embedding: transformers < 5 returns the tensor, >= 5 a ModelOutput holding it."""
+    return getattr(features, "pooler_output", features)
 
 
 def make_scorer(clip_dir: str | Path | None = None, aesthetic_weights: str | Path | None = None) -> Scorer:
