@@ -8,8 +8,8 @@ original_unet.py   key table: original Stability checkpoint (sgm) -> our/diffuse
 original_vae.py    key table: original checkpoint -> our/diffusers VAE names (incl. time_mix_conv)
 """
 
-from minisvd.pretrained.load import find_in_hf_cache, find_svd_weights, load_components  # noqa: F401
+from minisvd.pretrained.load import find_in_hf_cache, find_svd_weights, load_components, load_model_folder  # noqa: F401
 from minisvd.pretrained.original_unet import convert_unet_state_dict, unet_key_table  # noqa: F401
 from minisvd.pretrained.original_vae import convert_vae_key, convert_vae_state_dict  # noqa: F401
-from minisvd.pretrained.save import save_diffusers_folder  # noqa: F401
+from minisvd.pretrained.save import save_diffusers_folder, save_model_folder  # noqa: F401
 from minisvd.pretrained.weights import load_file, load_state_dict_checked  # noqa: F401

@@ -114,6 +114,19 @@ def _load_clip(folder: Path, variant: str | None, dtype: torch.dtype | None):
     return enc.to(dtype=dtype or torch.float32).eval().requires_grad_(False)
 
 
+def load_model_folder(folder: str | Path, model_cls, variant: str | None = None, **config_overrides):
+    """A diffusers model folder (config.json + weights) -> minisvd `UNet` or `VideoVAE` (float32, eval,
+    frozen), every key and shape checked; `save_model_folder` writes it."""
+    folder = Path(folder)
+    what = {"UNet": "UNet", "VideoVAE": "VAE"}[model_cls.__name__]
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"no {what} in {folder}: config.json is missing")
+    config_cls = UNetConfig if model_cls is UNet else VAEConfig
+    config = config_cls.from_diffusers(json.loads((folder / "config.json").read_text()), **config_overrides)
+    weights = _weights_file(folder, "diffusion_pytorch_model", variant)
+    return build_checked(model_cls, config, load_file(weights), what, weights)
+
+
 # ----- the three sources -----------------------------------------------------------------------------------
 def load_diffusers_folder(folder: Path, variant=None, dtype=None, match_diffusers=False, preset=None) -> dict:
     """A folder in the diffusers layout -> the pipeline's components (float32 unless `dtype`)."""
@@ -122,13 +135,9 @@ def load_diffusers_folder(folder: Path, variant=None, dtype=None, match_diffuser
         if not (folder / sub).is_dir():
             raise FileNotFoundError(f"{folder} is not a diffusers SVD folder: {sub}/ is missing")
     ucfg = json.loads((folder / "unet" / "config.json").read_text())
-    unet_config = UNetConfig.from_diffusers(ucfg, diffusers_resnet_eps=match_diffusers)
-    _check_preset(preset, unet_config.num_frames, folder)
-    unet_file = _weights_file(folder / "unet", "diffusion_pytorch_model", variant)
-    unet = build_checked(UNet, unet_config, load_file(unet_file), "UNet", unet_file)
-    vcfg = json.loads((folder / "vae" / "config.json").read_text())
-    vae_file = _weights_file(folder / "vae", "diffusion_pytorch_model", variant)
-    vae = build_checked(VideoVAE, VAEConfig.from_diffusers(vcfg), load_file(vae_file), "VAE", vae_file)
+    _check_preset(preset, ucfg.get("num_frames", UNetConfig().num_frames), folder)
+    unet = load_model_folder(folder / "unet", UNet, variant, diffusers_resnet_eps=match_diffusers)
+    vae = load_model_folder(folder / "vae", VideoVAE, variant)
     image_encoder = _load_clip(folder / "image_encoder", variant, dtype)
     fe = folder / "feature_extractor" / "preprocessor_config.json"
     sc = folder / "scheduler" / "scheduler_config.json"

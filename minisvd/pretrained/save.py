@@ -19,6 +19,31 @@ def _diffusers_version() -> str:
         return "0.30.0"
 
 
+DIFFUSERS_CLASS = {"UNet": "UNetSpatioTemporalConditionModel", "VideoVAE": "AutoencoderKLTemporalDecoder"}
+
+
+def write_json(path: Path, d: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def save_model_folder(folder: str | Path, model: torch.nn.Module, variant: str | None = None) -> Path:
+    """One minisvd UNet or VideoVAE as a diffusers model folder: config.json + diffusion_pytorch_model.safetensors
+    (`UNetSpatioTemporalConditionModel.from_pretrained(folder)` / `AutoencoderKLTemporalDecoder...` load it)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    cls = DIFFUSERS_CLASS[type(model).__name__]
+    cfg = {**model.config.extra, **model.config.to_diffusers()}
+    write_json(
+        folder / "config.json", {"_class_name": cls, "_diffusers_version": _diffusers_version(), **cfg}
+    )
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    suffix = f".{variant}" if variant else ""
+    save_file(sd, str(folder / f"diffusion_pytorch_model{suffix}.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
 def save_diffusers_folder(
     folder: str | Path,
     unet: torch.nn.Module,  # minisvd UNet
@@ -29,26 +54,10 @@ def save_diffusers_folder(
     variant: str | None = None,  # e.g. "fp16": writes *.fp16.safetensors
 ) -> Path:
     """Write the layout `StableVideoDiffusionPipeline.from_pretrained` reads (model_index.json, unet/, ...)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     version = _diffusers_version()
-    suffix = f".{variant}" if variant else ""
-
-    def write_json(path: Path, d: dict):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
-
-    for name, model, cls in (
-        ("unet", unet, "UNetSpatioTemporalConditionModel"),
-        ("vae", vae, "AutoencoderKLTemporalDecoder"),
-    ):
-        cfg = {**model.config.extra, **model.config.to_diffusers()}
-        write_json(folder / name / "config.json", {"_class_name": cls, "_diffusers_version": version, **cfg})
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(
-            sd, str(folder / name / f"diffusion_pytorch_model{suffix}.safetensors"), metadata={"format": "pt"}
-        )
+    save_model_folder(folder / "unet", unet, variant)
+    save_model_folder(folder / "vae", vae, variant)
     image_encoder.save_pretrained(folder / "image_encoder", **({"variant": variant} if variant else {}))
     write_json(folder / "feature_extractor" / "preprocessor_config.json", feature_config)
     write_json(
