@@ -103,7 +103,7 @@ def tiny_clip_config(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(**tower, image_size=image_size, patch_size=4),
+        vision_config=dict(**tower, image_size=image_size, patch_size=patch_size),
         projection_dim=projection_dim,
     )
 
