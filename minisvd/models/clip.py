@@ -84,11 +84,18 @@ def build_tokenizer(captions: list[str], max_length: int = 16):
 
 
 def tiny_clip_config(
-    tokenizer, image_size: int = 32, projection_dim: int = 32, width: int = 64, layers: int = 2
+    tokenizer,
+    projection_dim: int = 32,
+    width: int = 64,
+    layers: int = 2,
+    image_size: int = 224,
+    patch_size: int = 28,
 ):
-    """`CLIPConfig` of the course's tiny CLIP: ViT with 4-pixel patches on `image_size` frames, a text
-    transformer over the tokenizer's words, both `layers` deep and `width` wide, projected to `projection_dim`
-    (= the UNet's cross_attention_dim)."""
+    """`CLIPConfig` of the course's tiny CLIP: a ViT over 8 x 8 patches, a text transformer over the tokenizer's
+    words, both `layers` deep and `width` wide, projected to `projection_dim` (= the UNet's cross_attention_dim).
+
+    The ViT takes 224 x 224 inputs like SVD's ViT-H/14, because SVD's preprocessing (ours and diffusers') always
+    resizes the conditioning frame to 224: our 32 px frames are upsampled, and 28 px patches keep it cheap."""
     from transformers import CLIPConfig
 
     tower = dict(
