@@ -3,6 +3,7 @@
     env.py        check dependencies, print the device
     generate.py   image-to-video with SVD weights
     curate.py     the data-curation pipeline over a folder of videos
+    train.py      train a stage (toy, ...) with the engine of minisvd.train
 
 Commands are imported explicitly: a command that fails to import fails loudly, it is never dropped.
 Each module imports its heavy dependencies inside its command function, so `--help` stays fast.
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from minisvd.cli import curate, env, generate
+from minisvd.cli import curate, env, generate, train
 
-COMMANDS = (env, generate, curate)
+COMMANDS = (env, generate, curate, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
