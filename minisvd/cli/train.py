@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
-    from minisvd.train import NonFiniteLoss, TrainConfig, TrainError, preset_config, train
+    from minisvd.train import NonFiniteLoss, TrainConfig, TrainError, get_stage, train
     from minisvd.train.checkpoint import peek_state
 
     given = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
@@ -91,9 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = TrainConfig.from_dict(saved["config"]).replace(**given)
             if args.preset and args.preset != config.preset:
                 return fail(f"--preset {args.preset}: the run in {args.out} uses --preset {config.preset}")
-        else:
-            config = preset_config(args.preset or "tiny", **given)
-    except ValueError as e:
+        else:  # the stage's own schedule for the preset, changed where a flag says so
+            config = get_stage(args.stage, args.preset or "tiny").default_config(**given)
+    except (ValueError, KeyError) as e:
         return fail(str(e))
 
     world = int(os.environ.get("WORLD_SIZE", 1))

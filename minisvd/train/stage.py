@@ -60,6 +60,14 @@ class Stage:
         raise NotImplementedError
 
     # ----- optional -----------------------------------------------------------------------------------
+    def default_config(self, **overrides):
+        """This stage's schedule for its preset (steps, batch, lr, EMA, ...): the TrainConfig that
+        `python -m minisvd train STAGE` and the demo use when no flag says otherwise. Stages override it
+        with what they measured to learn fastest per CPU-second; the default is the generic preset."""
+        from minisvd.train.config import preset_config
+
+        return preset_config(self.preset, **overrides)
+
     def collate(self, items: list) -> Any:
         """Items of `dataset` -> one batch; tensors, dicts, lists and objects with `.to(device)` are moved."""
         return default_collate(items)
