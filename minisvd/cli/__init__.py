@@ -1,6 +1,7 @@
 """`python -m minisvd COMMAND`: the command line. One module per command, each with `register(subparsers)`.
 
     env.py        check dependencies, print the device
+    demo.py       the README's main job: a tiny SVD trained end to end, animated samples
     generate.py   image-to-video with SVD weights
     curate.py     the data-curation pipeline over a folder of videos
     train.py      train a stage (toy, ...) with the engine of minisvd.train
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from minisvd.cli import curate, env, generate, train
+from minisvd.cli import curate, demo, env, generate, train
 
-COMMANDS = (env, generate, curate, train)
+COMMANDS = (env, demo, train, generate, curate)
 
 
 def build_parser() -> argparse.ArgumentParser:
