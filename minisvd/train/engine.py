@@ -167,7 +167,13 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
         raise TrainError(f"micro batch {micro} must divide the per-process batch {B // W} (= {B} / {W})")
     accum = B // W // micro  # micro-batches per process and step (gradient accumulation)
 
-    # ----- data ---------------------------------------------------------------------------------------
+    # ----- what the stage uses but does not train (frozen VAE, CLIP), then data ------------------------
+    if state is not None and not init:
+        init = state.get("init")  # --resume: the run's own --init, recorded in state.json
+    try:
+        stage.setup(Path(init) if init else None)
+    except (FileNotFoundError, ValueError) as e:
+        raise TrainError(f"--init {init}: {e}") from None
     try:
         dataset = stage.dataset(Path(data) if data else None)
     except (FileNotFoundError, ValueError) as e:

@@ -60,6 +60,10 @@ class Stage:
         raise NotImplementedError
 
     # ----- optional -----------------------------------------------------------------------------------
+    def setup(self, init: Path | None) -> None:
+        """Load what the stage uses but does not train (e.g. a frozen VAE and CLIP) from `init`. Called
+        before `dataset` and `build_model`, also on --resume (with the run's recorded init). Default: nothing."""
+
     def default_config(self, **overrides):
         """This stage's schedule for its preset (steps, batch, lr, EMA, ...): the TrainConfig that
         `python -m minisvd train STAGE` and the demo use when no flag says otherwise. Stages override it
