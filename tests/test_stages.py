@@ -49,7 +49,9 @@ def stage0(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MINISVD_CACHE", str(root / "cache"))  # toy clips and latents of this test only
     torch.manual_seed(0)
-    vae = VideoVAE(VAEConfig.tiny(block_out_channels=(32, 32, 64), layers_per_block=1, scaling_factor=0.5)).eval()
+    vae = VideoVAE(
+        VAEConfig.tiny(block_out_channels=(32, 32, 64), layers_per_block=1, scaling_factor=0.5)
+    ).eval()
     save_model_folder(root / "stage0" / "final" / "vae", vae)
     world = world_preset("tiny")
     captions = [ToyClips(world, 32)[i]["caption"] for i in range(32)]

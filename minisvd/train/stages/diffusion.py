@@ -211,7 +211,9 @@ class DiffusionStage(Stage):
             )
         self.frozen = load_frozen(init, self.name)
         if int(os.environ.get("RANK", 0)) == 0:  # the recipe on the command line (final/stage.json keeps it)
-            print(f"stage {self.name}: " + ", ".join(f"{k}={v}" for k, v in self.fields().items()), flush=True)
+            print(
+                f"stage {self.name}: " + ", ".join(f"{k}={v}" for k, v in self.fields().items()), flush=True
+            )
         if self.previous is not None:  # the UNet must come from the stage right before this one
             made_by = read_stage_json(self.frozen.final).get("stage")
             if made_by != self.previous:
