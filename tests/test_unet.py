@@ -11,7 +11,12 @@ from minisvd import UNet, UNetConfig
 from minisvd.pretrained import convert_unet_state_dict
 from minisvd.pretrained.weights import load_state_dict_checked
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    """Forward-only tests: no autograd graph (scoped to this module, not the whole session)."""
+    with torch.no_grad():
+        yield
 
 
 def fixture_unet() -> tuple[UNet, dict]:

@@ -149,7 +149,8 @@ def train(
     except RuntimeError as e:
         raise TrainError(str(e)) from None
     try:
-        return _train(stage, config, out_dir, init, data, resume, command, d, device)
+        with torch.enable_grad():  # also when called inside torch.no_grad() (a notebook cell, a test)
+            return _train(stage, config, out_dir, init, data, resume, command, d, device)
     finally:
         distributed.cleanup(d)
 
