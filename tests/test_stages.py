@@ -9,9 +9,11 @@ minisvd, the chain's errors, and the sampler.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
+from pathlib import Path
 
 import PIL.Image
 import pytest
@@ -81,11 +83,20 @@ def chain(stage0):
 def test_every_stage_trains_from_the_previous_one(chain):
     for name, run in chain.items():
         assert math.isfinite(run["final_loss"]), name
-        assert (root := run["final"]) and (__import__("pathlib").Path(root) / "unet" / "config.json").exists()
-    assert chain["video"]["stage"].inflation_error <= 1e-5
+        final = Path(run["final"])
+        assert (
+            (final / "unet" / "config.json").exists()
+            and (final / "vae").is_dir()
+            and (final / "clip").is_dir()
+        )
+        assert json.loads((final / "stage.json").read_text())["stage"] == name
+    assert chain["video"]["stage"].inflation_error <= 1e-5  # checked at build time
     assert chain["i2v"]["stage"].grow_error <= 1e-6
-    samples = __import__("pathlib").Path(chain["image"]["out_dir"]) / "samples"
-    assert (samples / "step_000002.gif").exists()
+    assert (Path(chain["image"]["out_dir"]) / "samples" / "step_000002.gif").exists()
+    i2v_samples = Path(chain["i2v"]["out_dir"]) / "samples"
+    assert {"mse", "mse_copy_first", "motion"} <= set(
+        json.loads((i2v_samples / "step_000002.json").read_text())
+    )
 
 
 def test_inflation_is_the_image_model_and_fails_without_zero_init():
@@ -111,26 +122,22 @@ def test_conv_in_growth_keeps_outputs():
         check_grown(unet, grown)
 
 
-def test_i2v_final_loads_in_diffusers_and_minisvd_alike(chain):
+def test_i2v_final_loads_in_diffusers_and_minisvd_alike(chain, caplog):
     from diffusers import StableVideoDiffusionPipeline
 
     from minisvd.pipelines import load_pipeline
 
     final = chain["i2v"]["final"]
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
-        logging.disable(logging.NOTSET)
-        logger = logging.getLogger("diffusers")
-        records = []
-        handler = logging.Handler(level=logging.WARNING)
-        handler.emit = records.append
-        logger.addHandler(handler)
-        try:
-            ref = StableVideoDiffusionPipeline.from_pretrained(final)
-        finally:
-            logger.removeHandler(handler)
+        ref = StableVideoDiffusionPipeline.from_pretrained(final)
     noisy = [str(w.message) for w in caught if "torchvision" not in str(w.message)]
-    assert not noisy and not records, (noisy, [r.getMessage() for r in records])
+    logged = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "torchvision" not in r.getMessage()
+    ]
+    assert not noisy and not logged, (noisy, logged)
     ref.set_progress_bar_config(disable=True)
     ours = load_pipeline(final, match_diffusers=True)  # the eps the course trains with (diffusion.py)
     pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)).mul(255).byte().numpy()
@@ -175,3 +182,37 @@ def test_text_to_video_samples_and_guidance_matters(chain):
     assert max_abs_diff(a, b) > 1e-3
     image = pipe([caption, caption], num_frames=1, steps=3, generator=torch.Generator().manual_seed(0))
     assert image.shape == (2, 1, 3, 32, 32)
+
+
+def test_direction_rules_keep_scenes_whose_first_frame_tells_the_direction():
+    from minisvd.data import world_preset
+    from minisvd.data.world import sample_scene, scene_rng
+    from minisvd.train.stages.i2v import OBJECT_DIRECTIONS, direction_rule_indices, nearest_border_direction
+
+    world = world_preset("tiny")
+    assert direction_rule_indices(world, 5, "any") == list(range(5))
+    assert (
+        nearest_border_direction((2.0, 15.0), 32) == "right"
+        and nearest_border_direction((15.0, 30.0), 32) == "up"
+    )
+    for rule in ("object", "away"):
+        for i in direction_rule_indices(world, 20, rule):
+            s = sample_scene(world, scene_rng(world.seed, i))
+            own = (
+                OBJECT_DIRECTIONS[s.object] if rule == "object" else nearest_border_direction(s.start, s.size)
+            )
+            assert s.camera == "static" and s.direction in ("static", own)
+    with pytest.raises(ValueError, match="direction_rule"):
+        direction_rule_indices(world, 1, "sideways")
+
+
+def test_resume_finds_the_frozen_parts_from_the_recorded_init(stage0, tmp_path):
+    from safetensors.torch import load_file
+
+    config = STEPS.replace(steps=2, ckpt_every=1)
+    train(ImageStage(num_images=16), config, tmp_path / "a", init=stage0 / "stage0")
+    train(ImageStage(num_images=16), config.replace(steps=3), tmp_path / "a", resume=True)  # no --init
+    train(ImageStage(num_images=16), config.replace(steps=3), tmp_path / "b", init=stage0 / "stage0")
+    weights = "final/unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(tmp_path / "a" / weights)), load_file(str(tmp_path / "b" / weights))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to a straight run

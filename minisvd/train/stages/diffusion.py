@@ -8,7 +8,8 @@ they share:
     setup(init)        the frozen parts of an earlier stage's final/ (chain.py): VAE, CLIP and its towers
     latents            every training clip encoded ONCE (VAE mode x scaling_factor) and kept in one tensor,
                        cached on disk by (VAE weights, data): measured 3x cheaper than encoding each batch
-                       on the fly (a B16 x 8-frame batch costs as much to encode as to train on, on a CPU)
+                       on the fly (a B8 x 8-frame batch costs about as much to encode as to train on, on a
+                       CPU; docs/training.md)
     loss               EDM loss per sample at sigma ~ lognormal(P_mean, P_std), text dropout (10%, paper)
     sample             a fixed-seed GIF of `TextToVideo` samples (minisvd/pipelines/text_to_video.py)
     save_final         final/unet (diffusers layout), final/vae and final/clip carried, final/stage.json
@@ -229,10 +230,6 @@ class DiffusionStage(Stage):
             raise RuntimeError(f"stage {self.name}: call setup(init) first (the engine does)")
         return self.frozen
 
-    @property
-    def latent_size(self) -> int:
-        return self.size // self.require_setup().vae.config.downsample_factor
-
     def unet_config(self) -> UNetConfig:
         """The chain's UNet: tiny, in = out = latent channels, context width = CLIP projection dim."""
         fz = self.require_setup()
@@ -252,7 +249,7 @@ class DiffusionStage(Stage):
         return cache_root() / "latents" / f"{kind}_{key}.safetensors"  # shared by stages (video, i2v)
 
     def cached_tensors(self, kind: str, key_parts: list, build) -> dict[str, torch.Tensor]:
-        """`build()`'s tensors, kept on disk under a key of (VAE, CLIP, stage, kind, key_parts)."""
+        """`build()`'s tensors, kept on disk under a key of (VAE weights, CLIP config, kind, key_parts)."""
         return cached(self.latent_cache(kind, key_parts), build)
 
     # ----- loss -----------------------------------------------------------------------------------------
@@ -299,7 +296,7 @@ class DiffusionStage(Stage):
 
     @torch.no_grad()
     def sample(self, model: nn.Module, out_dir: Path, step: int) -> Path | None:
-        """One GIF, one tile per fixed prompt (16 Euler steps, guidance 2, seed 0) -> out_dir/step_XXXXXX.gif."""
+        """One GIF, one tile per fixed prompt (guidance 2, seed k for prompt k) -> out_dir/step_XXXXXX.gif."""
         from minisvd.export import save_gif
         from minisvd.pipelines.text_to_video import TextToVideo, tile
 

@@ -16,10 +16,12 @@ It then trains everything on 8-frame clips at 32 px (8 x 8 latents): `--data` a 
 the toy world), else the toy world's clips (`ToyClips`, cached). Conditioning: the caption's CLIP text
 token (10% dropout) and micro-conditioning (fps - 1, motion_bucket_id of the clip's motion score, 0).
 
-Stage III fine-tunes the stage-II model at 64 px (16 x 16 latents) with the noise distribution shifted up:
-the same image at twice the side keeps its content to higher noise (more, more redundant pixels), the
-paper's resolution shift (App. D: 0.7 at 320x576 -> 1.0 at 576x1024). Fewer steps and a smaller batch, as
-a step costs ~4x more.
+Noise levels: clips keep their content to higher noise than single frames (8 correlated frames), so stage II
+trains at P_mean 1.0 where stage I's images train at 0.0 (measured: lower denoising error over the sampler's
+sigmas and lower error of the frame differences than at 0.4; docs/training.md). Stage III fine-tunes the
+stage-II model at 64 px (16 x 16 latents) with the noise shifted up again, to 1.5: the same image at twice
+the side keeps its content to higher noise, the paper's resolution shift (App. D: 0.7 at 320x576 -> 1.0 at
+576x1024). Fewer steps and a smaller batch, as a step costs ~4x more.
 """
 
 from __future__ import annotations
