@@ -45,20 +45,28 @@ class Attention(nn.Module):
             out = self.to_out[0](self.to_v(context))  # (N_c, 1, C)
             out = self._per_query_row(out, x.shape[0]).expand(-1, x.shape[1], -1)  # (N, L, C)
             return self.to_out[1](out)  # dropout after the expansion: one mask entry per query
-        context = self._per_query_row(context, x.shape[0])
+        elif context.shape[0] != x.shape[0]:
+            # Queries attend independently, so the n rows of x that share a context row are one sequence of
+            # n*L queries: keys and values once per context row, not once per row of x (same result)
+            n = self._rows_per_context(x.shape[0], context.shape[0])
+            return self(x.reshape(context.shape[0], n * x.shape[1], x.shape[2]), context).reshape(x.shape)
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (N, L, h*d)
         q, k, v = (rearrange(t, "n l (h d) -> n h l d", h=self.heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)  # (N, h, L, d)
         return self.to_out[1](self.to_out[0](rearrange(out, "n h l d -> n l (h d)")))
 
     @staticmethod
-    def _per_query_row(t: torch.Tensor, n: int) -> torch.Tensor:
+    def _rows_per_context(n: int, n_c: int) -> int:
+        if n % n_c:
+            raise ValueError(f"context batch {n_c} does not divide the query batch {n}")
+        return n // n_c
+
+    @classmethod
+    def _per_query_row(cls, t: torch.Tensor, n: int) -> torch.Tensor:
         """Repeat each row of t (N_c, ...) for N / N_c consecutive query rows."""
         if t.shape[0] == n:
             return t
-        if n % t.shape[0]:
-            raise ValueError(f"context batch {t.shape[0]} does not divide the query batch {n}")
-        return t.repeat_interleave(n // t.shape[0], dim=0)
+        return t.repeat_interleave(cls._rows_per_context(n, t.shape[0]), dim=0)
 
     def attention_weights(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The softmax(Q K^T / sqrt(d)) matrix, (N, heads, L_q, L_k), for visualisation."""
@@ -76,7 +84,11 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, gate = self.proj(x).chunk(2, dim=-1)
+        # proj's rows are [a; gate]: one matmul per half gives both contiguous (chunking proj(x) instead
+        # leaves strided halves, slower elementwise ops and a concatenation in the backward); same values
+        n = self.proj.out_features // 2
+        a = F.linear(x, self.proj.weight[:n], self.proj.bias[:n])
+        gate = F.linear(x, self.proj.weight[n:], self.proj.bias[n:])
         return a * F.gelu(gate)
 
 
@@ -154,9 +166,11 @@ class SpatioTemporalTransformer(nn.Module):
     ) -> torch.Tensor:
         bf, c, h, w = x.shape  # (B*F, C, H, W)
         num_frames = image_only_indicator.shape[-1]
-        # The temporal cross-attention sees the first frame's context at every pixel: (B, L, D), one row per
-        # video, serving the H*W consecutive pixel sequences "(b s)" of that video
-        time_context = rearrange(context, "(b f) l d -> b f l d", f=num_frames)[:, 0]
+        # context: (B, L, D), one row per video, serving its F frames "(b f)" in the spatial cross-attention
+        # and its H*W pixel sequences "(b s)" in the temporal one. Given one row per frame (B*F, L, D), the
+        # temporal cross-attention sees each video's first frame's context, as in the original code.
+        time_context = context if context.shape[0] * num_frames == bf else context[::num_frames]
+        images_only = self.time_mixer.spatial_only(image_only_indicator)  # alpha = 1: skip the temporal path
 
         residual = x
         x = rearrange(self.norm(x), "n c h w -> n (h w) c")
@@ -167,6 +181,8 @@ class SpatioTemporalTransformer(nn.Module):
 
         for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
             x = block(x, context)
+            if images_only:
+                continue
             x_temporal = temporal_block(x + frame_emb[:, None], num_frames, time_context)
             x = self.time_mixer(x, x_temporal, image_only_indicator)
 

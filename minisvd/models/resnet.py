@@ -90,6 +90,12 @@ class AlphaBlender(nn.Module):
         self.mix_factor = nn.Parameter(torch.tensor([float(alpha)]))
         self.switch = switch
 
+    def spatial_only(self, image_only_indicator: torch.Tensor | None) -> bool:
+        """True when every frame is an image: alpha is exactly 1, so the blend returns the spatial path whatever
+        the temporal one computes, and the caller skips the temporal layers (the image model at its cost).
+        The temporal parameters then get no gradient (None) instead of an exact zero."""
+        return not self.switch and image_only_indicator is not None and bool(image_only_indicator.all())
+
     def get_alpha(self, image_only_indicator: torch.Tensor | None) -> torch.Tensor:
         """alpha per (batch, frame): (B, F); 1 where the frame is an image."""
         a = torch.sigmoid(self.mix_factor)
@@ -133,6 +139,8 @@ class SpatioTemporalResBlock(nn.Module):
     ) -> torch.Tensor:
         num_frames = image_only_indicator.shape[-1]
         x = self.spatial_res_block(x, temb)  # (B*F, C, H, W)
+        if self.time_mixer.spatial_only(image_only_indicator):
+            return x  # images only: alpha = 1, the temporal path would be multiplied by 0
         x_spatial = rearrange(x, "(b f) c h w -> b c f h w", f=num_frames)
         if temb is not None:
             temb = rearrange(temb, "(b f) c -> b f c", f=num_frames)

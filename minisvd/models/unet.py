@@ -268,10 +268,11 @@ class UNet(nn.Module):
         ids = sinusoidal_embedding(added_time_ids.flatten(), cfg.addition_time_embed_dim)  # (B*3, d)
         emb = emb + self.add_embedding(rearrange(ids, "(b n) d -> b (n d)", b=B).to(dtype))  # (B, temb)
 
-        # Frames become batch entries; every frame gets its video's embedding and CLIP token
+        # Frames become batch entries; every frame gets its video's embedding. The CLIP tokens stay one row per
+        # video: the transformers serve each row to the frames of its video (no copy per frame)
         x = rearrange(sample, "b f c h w -> (b f) c h w")
         emb = repeat(emb, "b c -> (b f) c", f=Fr)
-        context = repeat(encoder_hidden_states, "b l d -> (b f) l d", f=Fr)
+        context = encoder_hidden_states  # (B, L, D)
         if image_only_indicator is None:
             image_only_indicator = torch.zeros(B, Fr, dtype=dtype, device=sample.device)
 
