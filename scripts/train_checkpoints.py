@@ -4,7 +4,8 @@
 
 It makes the raw toy set, curates it, then runs `python -m minisvd train STAGE ...` for every stage of the
 chain (vae -> clip -> image -> video -> hires -> i2v), each `--scale` times the stage's default steps, and
-copies each stage's final/ folder into `checkpoints/tiny/<stage>/` with MANIFEST.json recording the exact
+packs each stage's final/ folder into `checkpoints/tiny/<stage>/` (its own parts, fp16: `minisvd.train.shipped`;
+`minisvd.course.shipped_checkpoint` unpacks them) with MANIFEST.json recording the exact
 commands, the git commit, the device and the times. Notebooks load these to show quality without the wait.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +55,7 @@ def main() -> int:
     from minisvd.curation.curate import CurateConfig, curate_folder
     from minisvd.data import write_raw_set
     from minisvd.train import get_stage
+    from minisvd.train.shipped import pack
     from minisvd.train.stages.chain import ORDER
 
     out, ship = Path(args.out), Path(args.ship)
@@ -89,9 +90,7 @@ def main() -> int:
             subprocess.run(cmd, check=True, cwd=REPO)
             timings[name] = round(time.time() - t, 1)
             commands[name] = "python " + " ".join(cmd[1:])
-            if ship.joinpath(name).exists():
-                shutil.rmtree(ship / name)
-            shutil.copytree(run / "final", ship / name)
+            pack(run / "final", ship / name, name)  # own parts only, fp16 (minisvd/train/shipped.py)
         init = run
     manifest = {
         "what": "tiny checkpoints of every stage, trained by `python -m minisvd train` (scripts/train_checkpoints.py)",
