@@ -109,12 +109,13 @@ def plot_loss(metrics_path: Path, png_path: Path) -> Path | None:
     records = read_metrics(metrics_path) if metrics_path.exists() else []
     if not records:
         return None
-    import matplotlib
+    # A Figure of its own on the Agg canvas: no pyplot, so a notebook's backend and figures are untouched
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     steps = [r["step"] for r in records]
     ax.plot(steps, [r["loss"] for r in records], color="black", lw=2, label="loss")
     for label in sigma_bin_labels():
@@ -125,5 +126,4 @@ def plot_loss(metrics_path: Path, png_path: Path) -> Path | None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
     return png_path
