@@ -167,3 +167,31 @@ def test_cli_curate_prints_funnel(tmp_path, capsys):
     (src / "a.mp4").write_bytes((DATA / "subtitles.mp4").read_bytes())
     assert main(["curate", str(src), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
     assert "mean clip (s)" in capsys.readouterr().out
+
+
+def test_a_given_clip_dir_that_is_not_usable_is_an_error_before_anything_runs(tmp_path):
+    """Issue 12.5: a wrong --clip-dir fell back to the stand-in scorer in silence (exit 0, CLIP filters gone)."""
+    import subprocess
+    import sys
+
+    from minisvd.curation.clip_scores import make_scorer
+    from minisvd.curation.curate import CurateConfig, curate_folder
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "not_clip").mkdir()
+    for bad, why in ((tmp_path / "missing", "no such folder"), (tmp_path / "not_clip", "no config.json")):
+        with pytest.raises(ValueError, match=why):
+            curate_folder(tmp_path / "videos", tmp_path / "out", CurateConfig(clip_dir=str(bad)))
+        with pytest.raises(ValueError, match=why):
+            make_scorer(bad)
+    assert not (tmp_path / "out").exists()  # nothing written
+    run = subprocess.run(
+        [sys.executable, "-m", "minisvd", "curate", str(tmp_path / "videos"), "--out", str(tmp_path / "out"),
+         "--clip-dir", str(tmp_path / "missing")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: --clip-dir {tmp_path / 'missing'}: no such folder; give a local transformers CLIP model folder "
+        "(config.json + weights), or leave --clip-dir out for the offline stand-in scorer"
+    ]

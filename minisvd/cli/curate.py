@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub) -> None:
@@ -29,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from minisvd.curation.filtering import apply_filters, format_funnel, score_choice
 
     cfg = CurateConfig(workers=args.workers, clip_dir=args.clip_dir, aesthetic_weights=args.aesthetic_weights)
-    rep = curate_folder(args.folder, args.out, cfg)
+    try:
+        rep = curate_folder(args.folder, args.out, cfg)
+    except ValueError as e:  # a setting that cannot work (e.g. --clip-dir): one line, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     errors = [v for v in rep.videos if v.get("status") == "error"]
     print(
         f"{len(rep.videos)} videos, {len(rep.clips)} clips, computed this run: {dict(rep.computed) or 'nothing'}"

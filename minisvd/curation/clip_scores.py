@@ -116,8 +116,22 @@ def projected(features):
     return getattr(features, "pooler_output", features)
 
 
+def check_clip_dir(clip_dir: str | Path | None) -> None:
+    """A CLIP folder that is given must be usable: never fall back to the stand-in in silence (the CLIP
+    filters would vanish from the funnel and every rerun would score again)."""
+    if clip_dir is None:
+        return
+    path = Path(clip_dir)
+    fix = "give a local transformers CLIP model folder (config.json + weights), or leave --clip-dir out for the offline stand-in scorer"
+    if not path.is_dir():
+        raise ValueError(f"--clip-dir {path}: no such folder; {fix}")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--clip-dir {path}: no config.json, not a transformers model folder; {fix}")
+
+
 def make_scorer(clip_dir: str | Path | None = None, aesthetic_weights: str | Path | None = None) -> Scorer:
-    """Real CLIP if `clip_dir` holds a model, otherwise the offline stand-in (which is not CLIP)."""
-    if clip_dir and Path(clip_dir).exists():
+    """Real CLIP from `clip_dir` (checked: `check_clip_dir`), or without one the offline stand-in (not CLIP)."""
+    if clip_dir:
+        check_clip_dir(clip_dir)
         return ClipScorer(clip_dir, aesthetic_weights)
     return OfflineStandInScorer()

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from minisvd.curation.captions import DescribeFrame, DescribeMotion, JoinSummary
-from minisvd.curation.clip_scores import make_scorer
+from minisvd.curation.clip_scores import check_clip_dir, make_scorer
 from minisvd.curation.cuts import CutConfig, detect_cuts_in_frames, scenes, snap_to_keyframes
 from minisvd.curation.filtering import column, score_choice  # noqa: F401  (column: re-exported for notebook 04)
 from minisvd.curation.motion import MotionConfig, describe_motion, flow_size, motion_score, sample_indices
@@ -181,6 +181,7 @@ def curate_folder(
 ) -> CurateReport:
     """Run (or resume) the pipeline over every video file in `folder`; tables in `out`."""
     cfg = cfg or CurateConfig()
+    check_clip_dir(cfg.clip_dir)  # before anything is written or computed
     folder, out = Path(folder), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vpath, cpath = out / "videos.csv", out / "clips.csv"
