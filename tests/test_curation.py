@@ -169,6 +169,22 @@ def test_cli_curate_prints_funnel(tmp_path, capsys):
     assert "mean clip (s)" in capsys.readouterr().out
 
 
+def test_cli_curate_exits_3_and_counts_when_some_videos_failed(tmp_path, capsys):
+    """Issue 12.6: curate exited 0 when videos failed."""
+    from minisvd.__main__ import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.mp4").write_bytes((DATA / "subtitles.mp4").read_bytes())
+    (src / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    assert main(["curate", str(src), "--out", str(tmp_path / "out"), "--workers", "1"]) == 3
+    out, err = capsys.readouterr()
+    assert "skipped broken.mp4" in out and "mean clip (s)" in out
+    assert err.strip().splitlines()[-1].startswith("1 of 2 videos failed")
+    rows = (tmp_path / "out" / "clips.csv").read_text()
+    assert "a.mp4" in rows and "broken.mp4" not in rows  # the good video's clips are kept
+
+
 def test_a_given_clip_dir_that_is_not_usable_is_an_error_before_anything_runs(tmp_path):
     """Issue 12.5: a wrong --clip-dir fell back to the stand-in scorer in silence (exit 0, CLIP filters gone)."""
     import subprocess

@@ -12,6 +12,8 @@ def register(sub) -> None:
         help="cut, score, caption and filter a folder of videos (SVD Sec. 3.1); resumable",
         description="Cut detection cascade, optical-flow motion, text area, stand-in or CLIP scores and "
         "captions for every video in FOLDER; tables in OUT (clips.csv, videos.csv); prints the funnel.",
+        epilog="exit status: 0 every video curated; 2 a setting that cannot work (nothing run); "
+        "3 some videos failed (counted in the last line; the others' clips are kept).",
     )
     p.add_argument("folder", help="folder with video files")
     p.add_argument("--out", required=True, help="output folder (clips/, clips.csv, videos.csv)")
@@ -44,4 +46,11 @@ def run(args: argparse.Namespace) -> int:
     _, filters = score_choice(cfg.clip_dir)
     _, funnel = apply_filters(rep.clips, filters)
     print(format_funnel(funnel))
+    if errors:
+        print(
+            f"{len(errors)} of {len(rep.videos)} videos failed (skipped above); the others' clips are kept. "
+            "Fix or remove those files and run again.",
+            file=sys.stderr,
+        )
+        return 3
     return 0
