@@ -33,3 +33,25 @@ def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> to
         for _, p in sorted(module.named_parameters()):
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return module
+
+
+def load_diffusers_svd_quietly(folder, caplog):
+    """diffusers' `StableVideoDiffusionPipeline.from_pretrained(folder)`, asserting that it warns and logs
+    nothing (torchvision's absence aside), with its progress bar off."""
+    import logging
+    import warnings
+
+    from diffusers import StableVideoDiffusionPipeline
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        pipe = StableVideoDiffusionPipeline.from_pretrained(folder)
+    noisy = [str(w.message) for w in caught if "torchvision" not in str(w.message)]
+    logged = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "torchvision" not in r.getMessage()
+    ]
+    assert not noisy and not logged, (noisy, logged)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -8,14 +8,11 @@ frames to 1e-4 max abs (frames in [0, 1]; we measure about 1e-7).
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import max_abs_diff, randomize_
+from helpers import load_diffusers_svd_quietly, max_abs_diff, randomize_
 
 from minisvd.conditioning.clip_image import clip_pixels, resize_with_antialiasing
 from minisvd.conditioning.frame import image_to_tensor
@@ -25,13 +22,7 @@ from minisvd.pipelines.defaults import SVD_SCHEDULER_CONFIG
 TOL = 1e-4  # max abs difference of frames in [0, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI box has 2 shared cores; one intra-op thread is several times faster for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_image(h=40, w=56, seed=0) -> PIL.Image.Image:
@@ -151,21 +142,9 @@ def test_frames_equal_diffusers_pipeline(diffusers_tiny, kw):
 
 
 def test_save_pretrained_loads_in_diffusers_without_warnings(tmp_path, caplog):
-    from diffusers import StableVideoDiffusionPipeline
-
     ours = tiny_random_pipeline(seed=3, num_frames=4)
     ours.save_pretrained(tmp_path)
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
-        warnings.simplefilter("always")
-        ref_pipe = StableVideoDiffusionPipeline.from_pretrained(tmp_path)
-    noisy = [str(w.message) for w in caught if "torchvision" not in str(w.message)]
-    logged = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.WARNING and "torchvision" not in r.getMessage()
-    ]
-    assert not noisy and not logged, (noisy, logged)
-    ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe = load_diffusers_svd_quietly(tmp_path, caplog)
     # our default GroupNorm eps differs from diffusers'; for the comparison, load our own export the diffusers way
     ours_d = load_pipeline(tmp_path, match_diffusers=True)
     img = make_image(24, 40, seed=1)

@@ -26,12 +26,7 @@ from minisvd.train.stages.vae import VAEStage
 VAE_STEPS = 8  # batch 2: 5 steps of images (10 clips), then 3 of the temporal phase
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_vae_stage() -> VAEStage:

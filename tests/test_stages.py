@@ -10,15 +10,13 @@ minisvd, the chain's errors, and the sampler.
 from __future__ import annotations
 
 import json
-import logging
 import math
-import warnings
 from pathlib import Path
 
 import PIL.Image
 import pytest
 import torch
-from helpers import max_abs_diff, randomize_
+from helpers import load_diffusers_svd_quietly, max_abs_diff, randomize_
 
 from minisvd.models.unet import UNet
 from minisvd.train import TrainConfig, train
@@ -29,12 +27,7 @@ from minisvd.train.stages.video import HiresStage, VideoStage, check_inflation, 
 STEPS = TrainConfig.tiny(steps=2, batch_size=2, log_every=1, ckpt_every=2, sample_every=0, warmup_steps=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared 2-core box: one thread is faster
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -123,22 +116,10 @@ def test_conv_in_growth_keeps_outputs():
 
 
 def test_i2v_final_loads_in_diffusers_and_minisvd_alike(chain, caplog):
-    from diffusers import StableVideoDiffusionPipeline
-
     from minisvd.pipelines import load_pipeline
 
     final = chain["i2v"]["final"]
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
-        warnings.simplefilter("always")
-        ref = StableVideoDiffusionPipeline.from_pretrained(final)
-    noisy = [str(w.message) for w in caught if "torchvision" not in str(w.message)]
-    logged = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.WARNING and "torchvision" not in r.getMessage()
-    ]
-    assert not noisy and not logged, (noisy, logged)
-    ref.set_progress_bar_config(disable=True)
+    ref = load_diffusers_svd_quietly(final, caplog)
     ours = load_pipeline(final, match_diffusers=True)  # the eps the course trains with (diffusion.py)
     pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)).mul(255).byte().numpy()
     image = PIL.Image.fromarray(pixels)  # diffusers' pipeline takes PIL images

@@ -29,13 +29,7 @@ RUN = "--batch-size 2 --micro-batch-size 1 --ckpt-every 1 --log-every 2 --sample
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs on one thread too: on this 2-core CPU it is ~2x faster than two for the tiny UNet."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def cli(*args: str) -> list[str]:
