@@ -18,7 +18,6 @@ exactly as `train` wrote it, up to the fp16 rounding. It unpacks again when the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -81,7 +80,9 @@ def unpack(shipped_root: Path, stage: str, cache: Path | None = None) -> Path:
         shipped_root / p / p for p in CARRIED if p != stage and (shipped_root / p / p).is_dir()
     ]
     if cache is None:
-        cache = Path(os.environ.get("MINISVD_CACHE") or Path.home() / ".cache" / "minisvd") / "shipped"
+        from minisvd.train.stages.diffusion import cache_root
+
+        cache = cache_root() / "shipped"
     out = Path(cache) / shipped_root.name / stage
     key = fingerprint(*sources)
     if (out / ".shipped").exists() and (out / ".shipped").read_text() == key:
@@ -95,8 +96,3 @@ def unpack(shipped_root: Path, stage: str, cache: Path | None = None) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # whole or not at all: a crash never leaves a half-unpacked folder in use
     return out
-
-
-def manifest(shipped_root: Path) -> dict:
-    """MANIFEST.json of the shipped checkpoints: the exact commands, commit, device and times."""
-    return json.loads((Path(shipped_root) / "MANIFEST.json").read_text())
