@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from minisvd.curation.curate import CLIP_COLS, CurateConfig, curate_folder, write_table
+from minisvd.curation.curate import CurateConfig, curate_folder
 from minisvd.curation.evaluate import spearman
 from minisvd.curation.filtering import STANDIN_FILTERS, apply_filters
+from minisvd.curation.outputs import CLIP_COLS, write_table
 from minisvd.data.curated import CuratedClips
 from minisvd.data.datasets import ToyClips, ToyFrames, collate
 from minisvd.data.motion_bucket import measure_motion, motion_bucket_id, motion_from_bucket

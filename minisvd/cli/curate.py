@@ -12,10 +12,12 @@ def register(sub) -> None:
         help="cut, score, caption and filter a folder of videos (SVD Sec. 3.1); resumable",
         description="Cut detection cascade, optical-flow motion, text area, stand-in or CLIP scores and "
         "captions for every video in FOLDER; tables in OUT (clips.csv, videos.csv); prints the funnel.",
-        epilog="exit status: 0 every video curated; 2 a setting that cannot work (nothing run); "
+        epilog="Resumable: a rerun redoes only what is missing or broken on disk, and tries failed videos "
+        "again (--no-retry-failed: not while their size and mtime are unchanged). "
+        "exit status: 0 every video curated; 2 a setting that cannot work, or no FOLDER (nothing run); "
         "3 some videos failed (counted in the last line; the others' clips are kept).",
     )
-    p.add_argument("folder", help="folder with video files")
+    p.add_argument("folder", help="folder with video files (sub-folders included)")
     p.add_argument("--out", required=True, help="output folder (clips/, clips.csv, videos.csv)")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument(
@@ -24,17 +26,28 @@ def register(sub) -> None:
     p.add_argument(
         "--aesthetic-weights", default=None, help="LAION aesthetic MLP weights (.pth) for --clip-dir"
     )
+    p.add_argument(
+        "--no-retry-failed",
+        action="store_true",
+        help="skip videos that failed in an earlier run while their size and mtime are unchanged "
+        "(default: try them again)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from minisvd.curation.curate import CurateConfig, curate_folder
+    from minisvd.curation.curate import CurateConfig, NoInputFolder, curate_folder
     from minisvd.curation.filtering import apply_filters, format_funnel, score_choice
 
-    cfg = CurateConfig(workers=args.workers, clip_dir=args.clip_dir, aesthetic_weights=args.aesthetic_weights)
+    cfg = CurateConfig(
+        workers=args.workers,
+        clip_dir=args.clip_dir,
+        aesthetic_weights=args.aesthetic_weights,
+        retry_failed=not args.no_retry_failed,
+    )
     try:
         rep = curate_folder(args.folder, args.out, cfg)
-    except ValueError as e:  # a setting that cannot work (e.g. --clip-dir): one line, nothing written
+    except (ValueError, NoInputFolder) as e:  # a setting that cannot work (--clip-dir, FOLDER): one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     errors = [v for v in rep.videos if v.get("status") == "error"]
@@ -43,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for v in errors:
         print(f"  skipped {v['video']}: {v['reason']}")
+    for v in rep.videos:
+        if v.get("status") == "ok" and v.get("warning"):
+            print(f"  warning {v['video']}: {v['warning']}")
     _, filters = score_choice(cfg.clip_dir)
     _, funnel = apply_filters(rep.clips, filters)
     print(format_funnel(funnel))

@@ -4,17 +4,34 @@ For each video: probe -> cut cascade -> clips snapped to keyframes -> clip files
 text, scores, captions per clip. The results live in `OUT/clips.csv` (one row a clip, one column a
 score) and `OUT/videos.csv` (one row a source file, with its status and the reason if it failed).
 
-Resumable: each step fills only the columns still empty, and the tables are rewritten (atomically)
-after every video, so an interrupted run loses at most the video in flight and a second run computes
-only what is missing. A file that cannot be read (zero length, truncated, not a video) is recorded with
-its reason and the run goes on. Videos are spread over worker processes, one per core.
+Sources are the video files in FOLDER and its sub-folders (hidden folders and OUT left out), named by their
+path relative to FOLDER (`sub/a.mov`); a clip is `OUT/clips/<name>_<start>_<end>.mp4` with `<name>` that
+path with `/` as `__` (`sub__a.mov_000024_000048`), so `a.mp4` and `a.mov`, or `x/a.mp4` and `y/a.mp4`,
+never share a clip file (names that still collide, or are very long, get a short hash of the path).
+
+Resumable, and only what is complete on disk counts: a video is skipped when its row is `ok` with the same
+size and mtime, it has exactly `n_clips` clip rows, each with every score filled and a clip file that
+exists and demuxes to its `n_frames`. Anything less is redone for that video (cut detection again if
+clip rows are missing; a clip file that is missing or broken is cut again, a valid one is kept; empty
+cells are computed). Tables and clip files are written to a temporary file and renamed, after every video,
+so a kill at any point loses at most the video in flight. A file that cannot be read (zero length, cut
+before its index, an image, not a video) is recorded with its reason and the run goes on; failed videos are
+tried again on the next run (`retry_failed=False` to skip them while their size and mtime are unchanged).
+A video whose first frames decode and then the file breaks off keeps those frames (clips are cut from
+them) and gets a `warning`. Videos are spread over worker processes, one per core; a worker that dies
+(killed, out of memory) fails only its own video, which is tried once more in a fresh process and then
+recorded as failed.
 """
 
 from __future__ import annotations
 
-import csv
+import multiprocessing
 import os
-from collections import Counter
+import signal
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -26,15 +43,36 @@ from minisvd.curation.clip_scores import check_clip_dir, make_scorer
 from minisvd.curation.cuts import CutConfig, detect_cuts_in_frames, scenes, snap_to_keyframes
 from minisvd.curation.filtering import column, score_choice  # noqa: F401  (column: re-exported for notebook 04)
 from minisvd.curation.motion import MotionConfig, describe_motion, flow_size, motion_score, sample_indices
+from minisvd.curation.outputs import (
+    CLIP_COLS,
+    VIDEO_COLS,
+    _cell,
+    _missing,
+    _well_named,
+    clip_file_ok,
+    clip_id,
+    clip_names,
+    list_sources,
+    read_table,
+    video_complete,
+    write_table,
+)
 from minisvd.curation.text import text_score
-from minisvd.curation.video_io import decode_small_yuv, extract_clip, iter_frames, probe
+from minisvd.curation.video_io import decode_small_yuv_until_error, extract_clip, iter_frames, probe
 
-VIDEO_EXT = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
-VIDEO_COLS = ["video", "size", "mtime", "status", "reason", "fps", "n_frames", "n_transitions", "n_clips"]
-CLIP_COLS = ["clip_id", "video", "start", "end", "n_frames", "duration_s", "file", "motion", "motion_kind",
-             "text_area", "standin_aesthetic", "standin_consistency", "clip_score", "clip_aesthetic",
-             "caption_frame", "caption_clip", "caption_summary"]  # fmt: skip
-STEPS = {"motion": ["motion", "motion_kind"], "text": ["text_area"], "captions": ["caption_summary"]}
+WORKER_DIED = "worker process died twice (killed? out of memory?)"
+DIE_ON_ENV = (
+    "MINISVD_CURATE_TEST_DIE_ON"  # test hook: a worker given this source (relative path) kills itself
+)
+SAMPLES_HINT = (
+    "the sample videos (data_samples/) come with the git repository, not with the installed package: run from "
+    'the repository root, or write toy videos with `python -c "from minisvd.data import write_raw_set; '
+    "write_raw_set('toy_videos')\"` and curate toy_videos"
+)
+
+
+class NoInputFolder(FileNotFoundError):
+    """The folder to curate does not exist (or is a file); the message says how to get sample videos."""
 
 
 @dataclass
@@ -47,88 +85,113 @@ class CurateConfig:
     motion: MotionConfig = field(default_factory=MotionConfig)
     clip_dir: str | None = None  # a local CLIP model folder; None = offline stand-in (not CLIP)
     aesthetic_weights: str | None = None
-
-
-# ----------------------------------------------------------------------------- tables on disk
-def read_table(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_table(path: Path, rows: list[dict], cols: list[str]) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a table."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _missing(row: dict, scorer_cols: list[str]) -> list[str]:
-    """The steps whose columns are still empty in this clip row."""
-    steps = [s for s, c in STEPS.items() if any(row.get(k, "") == "" for k in c)]
-    if any(row.get(k, "") == "" for k in scorer_cols):
-        steps.append("scores")
-    return steps
+    retry_failed: bool = True  # False: a video that failed is skipped while its size and mtime are unchanged
 
 
 # ----------------------------------------------------------------------------- one video (in a worker)
-def process_video(
-    path: str, out: str, old_clips: list[dict], cfg: CurateConfig
-) -> tuple[dict, list[dict], Counter]:
-    """Do what is missing for one video; returns its row, its clip rows and what was computed.
+@dataclass
+class Job:
+    """One video to (re)do: where it is, its names, and what the tables already hold for it."""
 
-    Never raises: an error is recorded in the video row, and the clip rows computed so far are returned.
-    """
+    path: str
+    rel: str  # path relative to the input folder: the `video` column
+    name: str  # the clip files' prefix
+    out: str
+    old_video: dict | None
+    old_clips: list[dict]
+    cfg: CurateConfig
+
+
+def _stat_row(path: str, rel: str) -> dict:
     st = os.stat(path)
-    vrow = {
-        "video": Path(path).name,
+    return {
+        "video": rel,
         "size": st.st_size,
         "mtime": int(st.st_mtime),
         "status": "ok",
         "reason": "",
+        "warning": "",
     }
+
+
+def process_video(job: Job) -> tuple[dict, list[dict], Counter]:
+    """Do what is missing for one video; returns its row, its clip rows and what was computed.
+
+    Never raises: an error is recorded in the video row, and the clip rows computed so far are returned.
+    """
+    if os.environ.get(DIE_ON_ENV) == job.rel and multiprocessing.parent_process() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)  # test hook: die as the OOM killer would kill a worker
+    cfg, path = job.cfg, job.path
     done: Counter = Counter()
-    clips = [dict(c) for c in old_clips]
+    clips: list[dict] = []
     try:
-        if st.st_size == 0:
+        vrow = _stat_row(path, job.rel)
+    except OSError as e:
+        return {"video": job.rel, "status": "error", "reason": f"{type(e).__name__}: {e}"[:300]}, [], done
+    try:
+        if vrow["size"] == 0:
             raise ValueError("zero-length file")
         info = probe(path)
         vrow.update(fps=info.fps, n_frames=info.n_frames)
-        if not clips:  # cut detection and clip extraction
-            frames, _ = decode_small_yuv(path, cfg.cuts.size)
+        good = {c["clip_id"]: dict(c) for c in job.old_clips if _well_named(c, job.name)}
+        old = job.old_video
+        if (
+            _cell(old, "status") == "ok"
+            and _cell(old, "n_clips").isdigit()
+            and int(_cell(old, "n_clips")) == len(good)
+            and _cell(old, "n_transitions") != ""
+        ):  # every clip row is there: keep the cuts
+            clips = sorted(good.values(), key=lambda c: int(c["start"]))
+            vrow.update({k: _cell(old, k) for k in ("n_frames", "n_transitions", "warning")})
+        else:  # cut detection (again), keeping the rows (scores) of clips found before
+            frames, _, error = decode_small_yuv_until_error(path, cfg.cuts.size)
+            n = len(frames)
+            if error is not None:
+                vrow["warning"] = (
+                    f"truncated: decoding stopped after {n} of {info.n_frames} frames "
+                    f"({type(error).__name__}); clips cut from the {n} that decode"
+                )[:300]
+                vrow["n_frames"] = n
             res = detect_cuts_in_frames(frames, info.fps, cfg.cuts)
-            spans = snap_to_keyframes(
-                scenes(res.transitions, len(frames)), info.keyframes, len(frames), cfg.min_clip_frames
-            )
+            keyframes = [k for k in info.keyframes if k < n]
+            spans = snap_to_keyframes(scenes(res.transitions, n), keyframes, n, cfg.min_clip_frames)
             vrow["n_transitions"] = len(res.transitions)
-            stem = Path(path).stem
             for s, e in spans:
-                clips.append({"clip_id": f"{stem}_{s:06d}_{e:06d}", "video": vrow["video"], "start": s, "end": e,
-                              "n_frames": e - s, "duration_s": round((e - s) / info.fps, 4)})  # fmt: skip
+                cid = clip_id(job.name, s, e)
+                clips.append(good.get(cid) or {"clip_id": cid, "video": job.rel, "start": s, "end": e, "n_frames": e - s,
+                                               "duration_s": round((e - s) / info.fps, 4)})  # fmt: skip
             done["cuts"] += 1
         vrow["n_clips"] = len(clips)
-        clip_dir = Path(out) / "clips"
+        clip_dir = Path(job.out) / "clips"
         clip_dir.mkdir(parents=True, exist_ok=True)
         scorer = None
         score_cols, _ = score_choice(cfg.clip_dir)
         for c in clips:
             f = clip_dir / f"{c['clip_id']}.mp4"
-            if not f.exists() or c.get("file", "") == "":
-                extract_clip(path, f, int(c["start"]), int(c["end"]))
-                c["file"] = str(Path("clips") / f.name)
+            if not clip_file_ok(f, c["n_frames"]):
+                write_clip(path, f, int(c["start"]), int(c["end"]))
                 done["extract"] += 1
-            scorer = scorer or make_scorer(cfg.clip_dir, cfg.aesthetic_weights)
+            c["file"] = f"clips/{f.name}"
             todo = _missing(c, score_cols)
             if todo:
+                scorer = scorer or make_scorer(cfg.clip_dir, cfg.aesthetic_weights)
                 score_clip(c, f, info.height, info.width, todo, scorer, cfg)
                 done.update(todo)
     except Exception as e:  # noqa: BLE001 - any failure is recorded, the run goes on
         vrow["status"], vrow["reason"] = "error", f"{type(e).__name__}: {e}"[:300]
     return vrow, clips, done
+
+
+def write_clip(src: str, f: Path, start: int, end: int) -> None:
+    """Cut frames [start, end) of `src` into `f` through a temporary file, checked, then renamed."""
+    tmp = f.with_name(f".{f.stem}.part.mp4")
+    try:
+        got = extract_clip(src, tmp, start, end)
+        if got != end - start:
+            raise ValueError(f"clip {f.name}: {got} of {end - start} frames copied")
+        os.replace(tmp, f)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def score_clip(c: dict, f: Path, height: int, width: int, todo: list[str], scorer, cfg: CurateConfig) -> None:
@@ -162,8 +225,55 @@ def score_clip(c: dict, f: Path, height: int, width: int, todo: list[str], score
         c.update({k: round(v, 5) for k, v in scorer.score(three, str(c.get("caption_summary", ""))).items()})
 
 
-def _work(args):
-    return process_video(*args)
+def _run_jobs(jobs: list[Job], workers: int) -> Iterator[tuple[dict, list[dict], Counter]]:
+    """Results of `process_video` for every job, as they finish (in this process when workers <= 1).
+
+    Each worker is its own one-process pool fed one video at a time, so when a worker dies (SIGKILL,
+    the OOM killer) we know which video it held: that video is tried once more in a fresh process and then
+    recorded as failed; the other videos are not disturbed. (`multiprocessing.Pool` would wait for the
+    dead worker's result forever.)
+    """
+    if workers <= 1:
+        yield from map(process_video, jobs)
+        return
+    ctx = get_context("spawn")
+    queue = deque((job, 1) for job in jobs)
+    slots: list[ProcessPoolExecutor | None] = [None] * min(workers, len(jobs))
+    running: dict = {}  # future -> (slot, job, attempt)
+    try:
+        while queue or running:
+            busy = {slot for slot, _, _ in running.values()}
+            for i in range(len(slots)):
+                if queue and i not in busy:
+                    slots[i] = slots[i] or ProcessPoolExecutor(1, mp_context=ctx)
+                    job, attempt = queue.popleft()
+                    running[slots[i].submit(process_video, job)] = (i, job, attempt)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i, job, attempt = running.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    slots[i].shutdown(wait=False)
+                    slots[i] = None
+                    if attempt == 1:
+                        queue.append((job, 2))
+                    else:
+                        yield _failed(job, WORKER_DIED), [], Counter()
+                except Exception as e:  # noqa: BLE001 - e.g. a result that does not pickle
+                    yield _failed(job, f"{type(e).__name__}: {e}"), [], Counter()
+    finally:
+        for ex in slots:
+            if ex is not None:
+                ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _failed(job: Job, reason: str) -> dict:
+    try:
+        row = _stat_row(job.path, job.rel)
+    except OSError:
+        row = {"video": job.rel}
+    return {**row, "status": "error", "reason": reason[:300]}
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -179,53 +289,56 @@ class CurateReport:
 def curate_folder(
     folder: str | Path, out: str | Path, cfg: CurateConfig | None = None, progress: bool = True
 ) -> CurateReport:
-    """Run (or resume) the pipeline over every video file in `folder`; tables in `out`."""
+    """Run (or resume) the pipeline over every video file in `folder` (and its sub-folders); tables in `out`."""
     cfg = cfg or CurateConfig()
     check_clip_dir(cfg.clip_dir)  # before anything is written or computed
     folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise NoInputFolder(f"{what}: {folder} ({folder.resolve()}); {SAMPLES_HINT}")
     out.mkdir(parents=True, exist_ok=True)
     vpath, cpath = out / "videos.csv", out / "clips.csv"
-    videos = {r["video"]: r for r in read_table(vpath)}
-    clips = read_table(cpath)
+    for tmp in (out / "clips").glob(".*.part.mp4"):  # left by a killed run
+        tmp.unlink(missing_ok=True)
+    videos = {r["video"]: r for r in read_table(vpath) if r.get("video")}
     by_video: dict[str, list[dict]] = {}
-    for c in clips:
-        by_video.setdefault(c["video"], []).append(c)
+    for c in read_table(cpath):
+        if c.get("video"):
+            by_video.setdefault(c["video"], []).append(c)
     score_cols, _ = score_choice(cfg.clip_dir)
+    sources = list_sources(folder, out)
+    names = clip_names(rel for rel, _ in sources)
     jobs = []
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() not in VIDEO_EXT or not p.is_file():
+    for rel, p in sources:
+        st, old = p.stat(), videos.get(rel)
+        same = _cell(old, "size") == str(st.st_size) and _cell(old, "mtime") == str(int(st.st_mtime))
+        if not same:  # new or changed file: start over for it
+            old, by_video[rel] = None, []
+        elif _cell(old, "status") == "error" and not cfg.retry_failed:
+            continue  # failed before, unchanged, and failures are not to be retried
+        elif video_complete(old, by_video.get(rel, []), names[rel], out, score_cols):
             continue
-        st, old = p.stat(), videos.get(p.name)
-        same = old and old["size"] == str(st.st_size) and old["mtime"] == str(int(st.st_mtime))
-        if not same:
-            by_video[p.name] = []  # new or changed file: start over for it
-        elif old["status"] == "error" or (
-            old.get("n_clips", "") != ""
-            and all(
-                not _missing(c, score_cols) and c.get("file") and (out / c["file"]).exists()
-                for c in by_video.get(p.name, [])
-            )
-        ):
-            continue  # recorded already (done, or failed with its reason)
-        jobs.append((str(p), str(out), by_video.get(p.name, []), cfg))
+        jobs.append(Job(str(p), rel, names[rel], str(out), old, by_video.get(rel, []), cfg))
     computed: Counter = Counter()
-    if jobs:
-        ctx = get_context("spawn") if cfg.workers > 1 else None
-        pool = ctx.Pool(min(cfg.workers, len(jobs))) if ctx else None
-        results = pool.imap_unordered(_work, jobs) if pool else map(_work, jobs)
-        try:
-            for vrow, vclips, done in tqdm(results, total=len(jobs), desc="curate", disable=not progress):
-                videos[vrow["video"]] = {**videos.get(vrow["video"], {}), **vrow}
-                by_video[vrow["video"]] = vclips
-                computed.update(done)
-                write_table(vpath, list(videos.values()), VIDEO_COLS)
-                write_table(cpath, [c for v in sorted(by_video) for c in by_video[v]], CLIP_COLS)
-        finally:
-            if pool:
-                pool.close()
-                pool.join()
-    if not vpath.exists():
-        write_table(vpath, [], VIDEO_COLS)
-        write_table(cpath, [], CLIP_COLS)
-    all_clips = [c for v in sorted(by_video) for c in by_video[v]]
-    return CurateReport(list(videos.values()), all_clips, computed)
+    results = _run_jobs(jobs, cfg.workers)
+    try:
+        for vrow, vclips, done in tqdm(results, total=len(jobs), desc="curate", disable=not progress):
+            videos[vrow["video"]] = vrow
+            by_video[vrow["video"]] = vclips
+            computed.update(done)
+            write_table(cpath, _all_clips(by_video), CLIP_COLS)  # clips first: a video row never runs ahead
+            write_table(vpath, _all_videos(videos), VIDEO_COLS)
+    finally:
+        results.close()
+    if not jobs:  # tables as the rules above read them (e.g. a clips table that was lost and rebuilt)
+        write_table(cpath, _all_clips(by_video), CLIP_COLS)
+        write_table(vpath, _all_videos(videos), VIDEO_COLS)
+    return CurateReport(_all_videos(videos), _all_clips(by_video), computed)
+
+
+def _all_videos(videos: dict[str, dict]) -> list[dict]:
+    return [videos[v] for v in sorted(videos)]
+
+
+def _all_clips(by_video: dict[str, list[dict]]) -> list[dict]:
+    return [c for v in sorted(by_video) for c in by_video[v]]

@@ -46,12 +46,17 @@ def probe(path: str | Path) -> VideoInfo:
     """Demux (but do not decode) `path`: size, frame rate, frame count and keyframe positions.
 
     Raises `ValueError` for files that open but hold no video frames (e.g. zero length or truncated
-    before the first packet); PyAV raises its own errors for files that are not video at all.
+    before the first packet) and for still images (a PNG or JPEG renamed `.mp4` opens as a 1-frame
+    video); PyAV raises its own errors for files that are not video at all.
     """
     path = str(path)
     with av.open(path) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
+        fmt = container.format.name
+        if fmt == "image2" or fmt.endswith("_pipe"):  # e.g. a PNG renamed .mp4: FFmpeg reads it as 1 frame
+            kind = fmt.removesuffix("_pipe").upper() if fmt != "image2" else "still"
+            raise ValueError(f"not a video ({kind} image?)")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0)
         if fps <= 0:
@@ -114,18 +119,38 @@ def decode_small_yuv(path: str | Path, size: tuple[int, int] = (64, 36)) -> tupl
     ("AUTO") decodes ahead in extra threads, which on a small, busy machine (and in the pipeline, which
     already runs one process per core) costs more CPU than it saves in waiting.
     """
+    frames, fps, error = decode_small_yuv_until_error(path, size)
+    if error is not None:
+        raise error
+    return frames, fps
+
+
+def decode_small_yuv_until_error(
+    path: str | Path, size: tuple[int, int] = (64, 36)
+) -> tuple[np.ndarray, float, Exception | None]:
+    """`decode_small_yuv` that keeps the frames decoded before a decoding error (a truncated file).
+
+    Returns the frames, the frame rate and the error that stopped decoding (None if the whole file
+    decoded). Raises `ValueError` (or the decoder's error) when not one frame decodes.
+    """
     w, h = size
     scaler = VideoReformatter()
-    out = []
+    out, error = [], None
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0)
-        for frame in container.decode(stream):
-            small = scaler.reformat(frame, w, h, "yuv444p", interpolation="AREA", threads=1)  # tiny: 1 thread
-            out.append(np.stack([plane_array(p, h, w) for p in small.planes]))
+        try:
+            for frame in container.decode(stream):
+                # tiny frames: one scaler thread
+                small = scaler.reformat(frame, w, h, "yuv444p", interpolation="AREA", threads=1)
+                out.append(np.stack([plane_array(p, h, w) for p in small.planes]))
+        except av.error.FFmpegError as e:
+            if not out:
+                raise
+            error = e
     if not out:
         raise ValueError("no decodable frames")
-    return np.stack(out), fps
+    return np.stack(out), fps, error
 
 
 def read_frames(
@@ -203,20 +228,24 @@ def extract_clip(src: str | Path, dst: str | Path, start: int, end: int) -> int:
         t0 = in_stream.start_time or 0
         out_stream = out.add_stream_from_template(in_stream)
         first_pts = first_dts = None
-        for packet in inp.demux(in_stream):
-            if packet.pts is None or packet.size == 0:
-                continue
-            idx = _frame_index(packet.pts, in_stream, fps, t0)
-            if idx < start or idx >= end:
-                continue
-            if first_pts is None:
-                if not packet.is_keyframe:
-                    raise ValueError(f"clip start {start} is not a keyframe")
-                first_pts, first_dts = packet.pts, packet.dts if packet.dts is not None else packet.pts
-            packet.pts -= first_pts
-            if packet.dts is not None:
-                packet.dts -= first_dts
-            packet.stream = out_stream
-            out.mux(packet)
-            n += 1
+        try:
+            for packet in inp.demux(in_stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                idx = _frame_index(packet.pts, in_stream, fps, t0)
+                if idx < start or idx >= end:
+                    continue
+                if first_pts is None:
+                    if not packet.is_keyframe:
+                        raise ValueError(f"clip start {start} is not a keyframe")
+                    first_pts, first_dts = packet.pts, packet.dts if packet.dts is not None else packet.pts
+                packet.pts -= first_pts
+                if packet.dts is not None:
+                    packet.dts -= first_dts
+                packet.stream = out_stream
+                out.mux(packet)
+                n += 1
+        except av.error.FFmpegError:
+            if n < end - start:  # a broken packet past the clip (a truncated source) does not matter
+                raise
     return n

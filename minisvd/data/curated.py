@@ -37,8 +37,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from minisvd.curation.curate import read_table
 from minisvd.curation.filtering import STANDIN_FILTERS, Filter, apply_filters
+from minisvd.curation.outputs import read_table
 from minisvd.curation.video_io import iter_frames
 from minisvd.data.datasets import to_pixels
 from minisvd.data.motion_bucket import motion_bucket_id
