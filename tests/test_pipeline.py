@@ -181,7 +181,9 @@ def test_callback_sees_every_step_and_sizes_are_checked(tiny):
     assert seen[0][2] == (1, 4, 4, 32 // f, 40 // f)  # (B, F, C_z, h, w)
     m = tiny.size_multiple
     with pytest.raises(
-        ValueError, match=f"multiples of {m}.*nearest valid: {m * round(33 / m)}x{m * round(41 / m)}"
+        ValueError,
+        match=f"height must be a multiple of {m}.*nearest valid: {m * round(33 / m)}; "
+        f"width must be a multiple of {m}.*nearest valid: {m * round(41 / m)}",
     ):
         tiny(make_image(), height=m * round(33 / m) + 1, width=m * round(41 / m) + 1)
 

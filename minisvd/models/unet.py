@@ -214,6 +214,11 @@ class UNet(nn.Module):
                 "for one video add a batch dim with sample[None]"
             )
         B, Fr, C, H, W = sample.shape
+        if 0 in sample.shape:  # einops would divide by zero, torch would fail deep inside a conv
+            raise ValueError(
+                f"sample (B, F, C, H, W) = {tuple(sample.shape)} is empty: expected at least 1 video (B) "
+                "of at least 1 frame (F), and non-empty C, H, W"
+            )
         if C != cfg.in_channels:
             raise ValueError(
                 f"sample has {C} channels, this UNet expects in_channels={cfg.in_channels} "

@@ -52,6 +52,49 @@ def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32)
     return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
+def sampling_problems(
+    *,
+    height: int,
+    width: int,
+    num_frames: int | None,
+    num_inference_steps: int,
+    fps: int,
+    decode_chunk_size: int | None,
+    noise_aug_strength: float,
+    size_multiple: int = 64,
+) -> list[tuple[str, str]]:
+    """Every sampling setting that cannot work, as (parameter, problem), e.g. ("num_inference_steps",
+    "must be >= 1 (got 0)"); empty when all is well. `ImageToVideo.__call__` and the generate command
+    (with its flag names) check these before anything runs."""
+    m, problems = size_multiple, []
+    for name, v in (("height", height), ("width", width)):
+        if v < m or v % m:
+            nearest = nearest_multiple(v, m)
+            problems.append(
+                (name, f"must be a multiple of {m}, at least {m} (got {v}); nearest valid: {nearest}")
+            )
+    minimums = (  # (parameter, value, minimum, what else is fine); None means the default
+        ("num_inference_steps", num_inference_steps, 1, ""),
+        ("num_frames", num_frames, 1, ", or left out for the model's default"),
+        ("fps", fps, 1, ": the video plays at fps and SVD is conditioned on fps - 1"),
+        ("decode_chunk_size", decode_chunk_size, 1, ", or left out to decode all frames at once"),
+        ("noise_aug_strength", noise_aug_strength, 0, ""),
+    )
+    for name, v, lo, more in minimums:
+        if v is not None and v < lo:
+            problems.append((name, f"must be >= {lo} (got {v}){more}"))
+    return problems
+
+
+def check_image_size(width: int, height: int, minimum: int) -> None:
+    """A ValueError for images under minimum x minimum pixels (SVD: 8, the VAE's downsampling factor)."""
+    if width < minimum or height < minimum:
+        raise ValueError(
+            f"the image is {width}x{height} pixels; at least {minimum}x{minimum} is needed (the VAE "
+            f"downsamples by {minimum}): use a larger image"
+        )
+
+
 class ImageToVideo:
     """SVD image-to-video: `pipe(image) -> frames (F, 3, H, W) in [0, 1]`. Build it with `minisvd.load_pipeline`."""
 
@@ -123,6 +166,19 @@ class ImageToVideo:
         """H and W must be multiples of this: VAE factor x UNet factor (8 x 8 = 64 for SVD)."""
         return self.vae.config.downsample_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
+    def check_image(self, image):
+        """The image, checked: a PIL image as it is (resized with Lanczos, as diffusers), anything else as a
+        (1, 3, H, W) float tensor in [0, 1] (`image_to_tensor`: uint8 divided by 255, floats must be in [0, 1]).
+        Raises for other types, ranges and shapes, and for images smaller than the VAE's downsampling factor."""
+        import PIL.Image
+
+        if isinstance(image, PIL.Image.Image):
+            check_image_size(*image.size, self.vae.config.downsample_factor)
+            return image
+        x = image_to_tensor(image)
+        check_image_size(x.shape[-1], x.shape[-2], self.vae.config.downsample_factor)
+        return x
+
     # ----- the steps, each usable on its own (the notebook shows them one by one) --------------------------
     @torch.no_grad()
     def encode_clip(self, image) -> torch.Tensor:
@@ -160,6 +216,7 @@ class ImageToVideo:
         generator: torch.Generator | None = None,
     ) -> Conditioning:
         """Steps 1-3 together: everything the UNet is conditioned on, for one image (batch of one)."""
+        image = self.check_image(image)
         context = self.encode_clip(image).to(self.dtype)  # (1, 1, D)
         latent = self.encode_condition_frame(image, height, width, noise_aug_strength, generator)
         ids = self.added_time_ids(fps, motion_bucket_id, noise_aug_strength)  # (1, 3)
@@ -189,7 +246,7 @@ class ImageToVideo:
     @torch.no_grad()
     def __call__(
         self,
-        image,  # PIL image, HxWx3 array, or (3, H, W) tensor in [0, 1]
+        image,  # PIL image; uint8 array/tensor (0..255); float array/tensor in [0, 1] (`check_image`)
         height: int = SAMPLING.height,
         width: int = SAMPLING.width,
         num_frames: int | None = None,  # default: the UNet's num_frames (14 SVD, 25 SVD-XT)
@@ -206,13 +263,19 @@ class ImageToVideo:
         progress: bool = False,  # tqdm bar over the steps
     ) -> torch.Tensor:
         """Generate frames (F, 3, H, W) in [0, 1] from one image, as diffusers' StableVideoDiffusionPipeline."""
-        m = self.size_multiple
-        if height % m or width % m:
-            raise ValueError(
-                f"height and width must be multiples of {m} (VAE x UNet downsampling), got "
-                f"{height}x{width}; nearest valid: {nearest_multiple(height, m)}x{nearest_multiple(width, m)}"
-            )
-        num_frames = num_frames or self.unet.config.num_frames
+        problems = sampling_problems(
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            fps=fps,
+            decode_chunk_size=decode_chunk_size,
+            noise_aug_strength=noise_aug_strength,
+            size_multiple=self.size_multiple,  # VAE x UNet downsampling
+        )
+        if problems:
+            raise ValueError("; ".join(f"{name} {why}" for name, why in problems))
+        num_frames = self.unet.config.num_frames if num_frames is None else num_frames
         device, dtype = self.device, self.dtype
         cond = self.conditioning(image, height, width, fps, motion_bucket_id, noise_aug_strength, generator)
 
@@ -265,18 +328,19 @@ class ImageToVideo:
 
 # ----- building one ----------------------------------------------------------------------------------------
 def load_pipeline(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,  # None: $MINISVD_SVD_WEIGHTS, else SVD in the HF cache
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     variant: str | None = None,
-    image_encoder: str | os.PathLike | None = None,  # CLIP folder, for single-file checkpoints
+    image_encoder: str | os.PathLike | None = None,  # a CLIP folder overriding a single file's conditioner
     preset: str | None = None,  # "svd" or "svd_xt": checked against what the weights say
     match_diffusers: bool = False,  # True: diffusers' GroupNorm eps (bit-for-bit parity with diffusers)
     unet_config=None,  # UNetConfig, for single files of other sizes (e.g. the tiny test fixture)
     vae_config=None,  # VAEConfig, likewise
 ) -> ImageToVideo:
-    """Load SVD weights from a diffusers folder, a cached repo id, or an original single file
-    (`minisvd.pretrained.load_components` finds and checks them; nothing is downloaded)."""
+    """Load SVD weights from a diffusers folder, a cached repo id, or an original single file; without a
+    path, from $MINISVD_SVD_WEIGHTS or the Hugging Face cache (`minisvd.pretrained.load_components` finds
+    and checks them; nothing is downloaded)."""
     from minisvd.pretrained.load import load_components
 
     parts = load_components(

@@ -10,8 +10,15 @@ three things are not plain renames:
 - the attention q/k/v/proj_out are 1x1 convolutions (C, C, 1, 1) there and Linear layers (C, C) here;
 - the output time conv sits at `decoder.conv_out.time_mix_conv` there (diffusers' own converter misses it)
   and `decoder.time_conv_out` here;
-- the original SVD autoencoder has no `quant_conv`; when the file has none we put in the identity 1x1
-  conv, which gives exactly the original's moments.
+- the original SVD autoencoder (`first_stage_model`) has no `quant_conv`; when the file has none we put in
+  the identity 1x1 conv, which gives exactly the original's moments.
+
+A real single file also holds a second copy of the autoencoder inside the conditioner,
+`conditioner.embedders.3.encoder.` (sgm's `AutoencoderKLModeOnly`, with a plain image decoder and a
+`quant_conv`). At sampling the reference code encodes the conditioning frame with that copy, never with
+`first_stage_model.encoder`, so `svd_vae_parts` takes the encoder and `quant_conv` from it (as diffusers'
+single-file loader does), the temporal decoder from `first_stage_model`, and measures how far the two encoder
+copies are apart. The copy's image decoder and `post_quant_conv` are skipped by name: SVD never calls them.
 """
 
 from __future__ import annotations
@@ -73,6 +80,40 @@ PREFIXES: list[tuple[str, str, dict[str, str] | None]] = [
     (r"decoder\.conv_out\.time_mix_conv", "decoder.time_conv_out", None),  # missed by diffusers' converter
     (r"decoder\.conv_out", "decoder.conv_out", None),
 ]
+
+
+COND_VAE = "conditioner.embedders.3.encoder."  # the conditioner's autoencoder copy
+COND_VAE_UNUSED = re.compile(r"(decoder\..+|post_quant_conv\.(weight|bias))")  # under COND_VAE
+
+
+def svd_vae_parts(original_sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float | None]:
+    """The VAE of an original SVD file in original names (no prefix) and the max abs difference between its two
+    encoder copies (None when the file has no conditioner copy).
+
+    Decoder from `first_stage_model.`; encoder and quant_conv from the conditioner's copy when the file has one
+    (what encodes the conditioning frame in the reference code), else from `first_stage_model.`."""
+    first = {
+        k[len("first_stage_model.") :]: v
+        for k, v in original_sd.items()
+        if k.startswith("first_stage_model.")
+    }
+    copy = {k[len(COND_VAE) :]: v for k, v in original_sd.items() if k.startswith(COND_VAE)}
+    if not copy:
+        return first, None
+    copy = {k: v for k, v in copy.items() if not COND_VAE_UNUSED.fullmatch(k)}
+    enc_first = {k for k in first if k.startswith("encoder.")}
+    enc_copy = {k for k in copy if k.startswith("encoder.")}
+    strays = sorted(k for k in copy if not (k.startswith("encoder.") or k.startswith("quant_conv.")))
+    if enc_first != enc_copy or strays:
+        odd = sorted(enc_first ^ enc_copy) + strays
+        raise ValueError(
+            f"the conditioner's VAE copy ({COND_VAE}*) does not match first_stage_model.encoder: "
+            + ", ".join(odd[:5])
+            + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        )
+    diff = max((first[k].float() - copy[k].float()).abs().max().item() for k in enc_first)
+    merged = {k: v for k, v in first.items() if not k.startswith(("encoder.", "quant_conv."))}
+    return {**merged, **copy}, diff
 
 
 def convert_vae_key(key: str, levels: int) -> str | None:

@@ -21,11 +21,20 @@ def load_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> di
     if not path.exists():
         raise FileNotFoundError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
 
-        return st_load(str(path), device=str(device))
+        try:
+            return st_load(str(path), device=str(device))
+        except SafetensorError as e:  # safetensors names no file
+            raise ValueError(f"{path} is truncated or corrupt ({e}): download it again") from None
     try:
         sd = torch.load(path, map_location=device, weights_only=True)
+    except (EOFError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "PytorchStreamReader" not in str(e):
+            raise
+        # a cut zip archive or pickle stream
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}): download it again") from None
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path} is a pickle that holds more than tensors; minisvd refuses to unpickle it because that can run "
