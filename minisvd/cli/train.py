@@ -60,7 +60,23 @@ def register(sub) -> None:
     p.add_argument(
         "--no-ema", dest="ema", action="store_false", default=None, help="keep no EMA of the weights"
     )
+    p.add_argument("--ema", dest="ema", action="store_true", default=None, help="keep an EMA (finetune: off)")
+    p.add_argument(
+        "--optimizer", choices=["adamw", "adamw8bit"], default=None, help="adamw8bit: bitsandbytes (cuda)"
+    )
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes")
+    ft = p.add_argument_group("stage finetune (a pretrained SVD on your clips; docs/finetuning.md)")
+    ft.add_argument("--trainable", choices=["all", "temporal", "lora"], default=None, help="default temporal")
+    ft.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 16)")
+    ft.add_argument("--height", type=int, default=None, help="training frame height (default 576)")
+    ft.add_argument("--width", type=int, default=None, help="training frame width (default 1024)")
+    ft.add_argument(
+        "--frames", dest="num_frames", type=int, default=None, help="frames (default: the UNet's)"
+    )
+    ft.add_argument("--stride", type=int, default=None, help="take every stride-th frame (default 1)")
+    ft.add_argument("--max-windows", dest="max_windows_per_clip", type=int, default=None,
+                    help="training windows per clip (default 4)")  # fmt: skip
+    ft.add_argument("--offload", action="store_true", default=None, help="the VAE encoder stays on the CPU")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.set_defaults(func=cmd_train)
 
@@ -68,6 +84,10 @@ def register(sub) -> None:
 OVERRIDES = (  # CLI flag (argparse dest) -> TrainConfig field of the same name
     "steps", "batch_size", "micro_batch_size", "lr", "warmup_steps", "seed", "log_every", "ckpt_every",
     "sample_every", "precision", "gradient_checkpointing", "deterministic", "ema", "num_workers", "device",
+    "optimizer",
+)  # fmt: skip
+STAGE_FIELDS = (  # CLI flag (argparse dest) -> the stage's setting of the same name (Stage.fields)
+    "trainable", "lora_rank", "height", "width", "num_frames", "stride", "max_windows_per_clip", "offload",
 )  # fmt: skip
 
 
@@ -85,21 +105,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     from minisvd.train.checkpoint import peek_state
 
     given = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    fields = {k: getattr(args, k) for k in STAGE_FIELDS if getattr(args, k) is not None}
     try:
         saved = peek_state(Path(args.out)) if args.resume else None
         if saved is not None:  # resume: the run's own settings, changed only where a flag says so
             config = TrainConfig.from_dict(saved["config"]).replace(**given)
             if args.preset and args.preset != config.preset:
                 return fail(f"--preset {args.preset}: the run in {args.out} uses --preset {config.preset}")
+            recorded = saved.get("stage_fields") or {}
+            for k, v in fields.items():
+                if k in recorded and recorded[k] != v:
+                    flag = "--" + {"num_frames": "frames", "max_windows_per_clip": "max-windows"}.get(k, k)
+                    return fail(f"{flag.replace('_', '-')} {v}: the run in {args.out} uses {recorded[k]}")
+            stage = get_stage(args.stage, config.preset, **{**recorded, **fields})
         else:  # the stage's own schedule for the preset, changed where a flag says so
-            config = get_stage(args.stage, args.preset or "tiny").default_config(**given)
+            stage = get_stage(args.stage, args.preset or "tiny", **fields)
+            config = stage.default_config(**given)
     except (ValueError, KeyError) as e:
         return fail(str(e))
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     command = shlex.join(sys.orig_argv) + (f"  # WORLD_SIZE={world} (torchrun)" if world > 1 else "")
     try:
-        summary = train(args.stage, config, args.out, args.init, args.data, args.resume, command=command)
+        summary = train(stage, config, args.out, args.init, args.data, args.resume, command=command)
     except TrainError as e:
         return fail(str(e))
     except NonFiniteLoss as e:

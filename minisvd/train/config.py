@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TrainConfig:
     sample_every: int = 0  # steps between samples in OUT/samples/ (0: never)
     precision: str = "fp32"  # "bf16": autocast on cuda (fp32 master weights); cpu/mps always fp32
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+    optimizer: str = "adamw"  # "adamw8bit": bitsandbytes' 8-bit AdamW states (a quarter of the memory; cuda)
     deterministic: bool = False  # deterministic cuda kernels: bit-identical reruns/resumes on GPUs too
     device: str | None = None  # None: cuda, then mps, then cpu (minisvd.device.pick_device)
     num_workers: int = 0  # DataLoader worker processes
@@ -53,6 +55,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # json gives a list
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("steps", "batch_size", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

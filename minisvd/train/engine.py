@@ -59,6 +59,22 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr
 
 
+def make_optimizer(params: list, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (`optimizer="adamw8bit"`: its two moments in 8 bits, block-wise
+    quantised, 2 bytes a parameter instead of 8): the same update rule and hyper-parameters."""
+    kw = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainError(
+                "--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes; a CUDA GPU): "
+                "install it or use --optimizer adamw"
+            ) from None
+        return bnb.optim.AdamW8bit(params, **kw)
+    return torch.optim.AdamW(params, **kw)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Before anything is written: is OUT free (or resumable), and which config does the run use?
 
@@ -140,8 +156,9 @@ def train(
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     if isinstance(stage, str):
+        saved = peek_state(out_dir) if resume else None  # --resume: the stage's own recorded settings
         try:
-            stage = get_stage(stage, config.preset)
+            stage = get_stage(stage, config.preset, **((saved or {}).get("stage_fields") or {}))
         except (KeyError, ValueError) as e:
             raise TrainError(e.args[0]) from None
     try:
@@ -199,7 +216,7 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainError(f"stage {stage.name!r}: the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config)
 
     # ----- resume: weights, EMA, optimizer, RNG states, data position ---------------------------------
     order, start_step, started, elapsed_before = DataOrder(n, config.seed), 0, None, 0.0
@@ -255,6 +272,7 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
                 optimizer,
                 {
                     "stage": stage.name,
+                    "stage_fields": stage.fields(),
                     "preset": stage.preset,
                     "step": step,  # optimizer steps done
                     "data_position": order.position(),  # where the next step's batch starts

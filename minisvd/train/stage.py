@@ -72,6 +72,11 @@ class Stage:
 
         return preset_config(self.preset, **overrides)
 
+    def fields(self) -> dict:
+        """The stage's own settings (json-able): recorded in state.json, and given back to the stage's
+        constructor on --resume. Default: none."""
+        return {}
+
     def collate(self, items: list) -> Any:
         """Items of `dataset` -> one batch; tensors, dicts, lists and objects with `.to(device)` are moved."""
         return default_collate(items)
@@ -136,8 +141,16 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def get_stage(name: str, preset: str = "tiny") -> Stage:
-    """A registered stage by name, built for `preset`."""
+def get_stage(name: str, preset: str = "tiny", **fields) -> Stage:
+    """A registered stage by name, built for `preset`, with its settings `fields` (e.g. trainable="lora")."""
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; registered: {', '.join(sorted(STAGES)) or 'none'}")
-    return STAGES[name](preset=preset)  # a stage raises ValueError for a preset it does not know
+    if fields:  # a stage raises ValueError for a preset or a field it does not know
+        import inspect
+
+        try:
+            inspect.signature(STAGES[name]).bind(preset=preset, **fields)
+        except TypeError:
+            raise ValueError(f"stage {name} takes no settings ({', '.join(sorted(fields))})") from None
+        return STAGES[name](preset=preset, **fields)
+    return STAGES[name](preset=preset)

@@ -7,9 +7,11 @@
     image.py      stage I "image": text-to-image pretraining of the spatial UNet
     video.py      stage II "video" (the inflated image model on clips) and stage III "hires" (64 px)
     i2v.py        "i2v": image-to-video, the SVD model, exported in the diffusers layout
+    finetune.py   "finetune": a pretrained SVD (real or any diffusers-layout one) fine-tuned on your clips;
+                  finetune_data.py cuts a curate folder or any folder of videos into training windows
 
 Each stage subclasses `minisvd.train.Stage` (stage.py documents the contract) and is registered with
 `@register_stage`. Add a stage by writing its module here and importing it below.
 """
 
-from minisvd.train.stages import clip, i2v, image, toy, vae, video  # noqa: F401
+from minisvd.train.stages import clip, finetune, i2v, image, toy, vae, video  # noqa: F401

@@ -86,6 +86,29 @@ def check_grown(unet: UNet, grown: UNet, num_frames: int = 8, tol: float = GROW_
     return diff
 
 
+def i2v_conditioning(
+    vae: nn.Module,  # encodes the conditioning frame (may sit on another device: --offload)
+    batch: dict,  # "first" (B, 3, H, W) uint8, "context" (B, 1, D), "fps" (B,), "motion_bucket_id" (B,)
+    generator: torch.Generator,
+    cond_aug: tuple[float, float],  # (P_mean, P_std) of ln(cond_aug)
+    p_drop_context: float,
+    p_drop_latent: float,
+) -> Conditioning:
+    """SVD's image-to-video conditioning of a training batch (App. D): the CLIP image token; the first frame
+    plus cond_aug * noise (ln cond_aug ~ N(P_mean, P_std^2)) encoded to the VAE's mode, unscaled; micro-
+    conditioning (fps - 1, motion bucket, cond_aug); then the token and the latent dropped to zero
+    independently (classifier-free guidance)."""
+    first = batch["first"].float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
+    B, dev = len(first), generator.device
+    aug = edm.sample_sigmas(B, *cond_aug, generator=generator, device=dev).to(first.device)
+    noise = torch.randn(first.shape, generator=generator, device=dev).to(first.device)
+    on = next(vae.parameters()).device
+    latent = encode_latent(vae, noise_augment(first, aug, noise).to(on)).to(first.device)  # (B, C_z, h, w)
+    ids = micro_conditioning(batch["fps"], batch["motion_bucket_id"], aug, device=first.device)
+    cond = Conditioning(context=batch["context"], added_time_ids=ids, cond_latent=latent)
+    return cond.dropout(p_drop_context, p_drop_latent, generator)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The toy world's clips, optionally with the direction following from the first frame
 
@@ -247,14 +270,8 @@ class ImageToVideoStage(DiffusionStage):
     # ----- loss -----------------------------------------------------------------------------------------
     def conditioning(self, batch: dict, generator: torch.Generator) -> Conditioning:
         """Image token, noise-augmented first-frame latent, (fps - 1, bucket, cond_aug); dropout for CFG."""
-        fz, first = self.require_setup(), batch["first"].float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
-        B, dev = len(first), generator.device
-        cond_aug = edm.sample_sigmas(B, *self.cond_aug, generator=generator, device=dev).to(first.device)
-        noise = torch.randn(first.shape, generator=generator, device=dev).to(first.device)
-        latent = encode_latent(fz.vae, noise_augment(first, cond_aug, noise))  # (B, C_z, h, w), unscaled
-        ids = micro_conditioning(batch["fps"], batch["motion_bucket_id"], cond_aug, device=first.device)
-        cond = Conditioning(context=batch["context"], added_time_ids=ids, cond_latent=latent)
-        return cond.dropout(self.p_drop_context, self.p_drop_latent, generator)
+        return i2v_conditioning(self.require_setup().vae, batch, generator, self.cond_aug,
+                                self.p_drop_context, self.p_drop_latent)  # fmt: skip
 
     # ----- samples, evaluation, final -------------------------------------------------------------------
     def pipeline(self, unet: nn.Module):
