@@ -61,7 +61,8 @@ def unet_weights(svd: Path) -> dict[str, torch.Tensor]:
 def test_each_mode_trains_only_its_weights(svd, clips, tmp_path, trainable):
     from minisvd.models.inflate import is_temporal_key
 
-    stage, summary = finetune(svd, clips, tmp_path / "run", trainable, lr=1e-3)
+    stage, summary = finetune(svd, clips, tmp_path / "run", trainable, lr=1e-3, sample_every=6)
+    assert (tmp_path / "run" / "samples" / "step_000006.gif").stat().st_size > 0  # truth | sample, 2 windows
     assert torch.isfinite(torch.tensor(summary["final_loss"]))
     assert len(stage.train_data) == 9  # 3 clips x 3 non-overlapping windows of 4 frames (12 frames each)
     before = unet_weights(svd)
@@ -144,31 +145,72 @@ def test_resume_is_exact(svd, clips, tmp_path):
     assert read_state(tmp_path / "resumed")["stage_fields"]["trainable"] == "lora"
 
 
-def test_two_ddp_processes_match_one(svd, clips, tmp_path):
-    args = ["train", "finetune", "--init", svd, "--data", clips, "--trainable", "temporal", "--height", "32",
-            "--width", "32", "--steps", "4", "--batch-size", "2", "--micro-batch-size", "1", "--warmup-steps", "1", "--device", "cpu", "--log-every", "1"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+PARALLEL = ["train", "finetune", "--trainable", "all", "--height", "32", "--width", "32", "--batch-size", "2",
+            "--micro-batch-size", "1", "--warmup-steps", "1", "--lr", "1e-4", "--device", "cpu", "--log-every", "1",
+            "--ckpt-every", "3"]  # fmt: skip
+
+
+def cli(svd, clips, out, *extra, processes=1, steps=6):
+    """`python -m minisvd train finetune ...`, under torchrun with `processes` > 1; asserts it succeeds."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    for cmd, out in ((launcher + ["-m", "minisvd"], "ddp"), ([sys.executable, "-m", "minisvd"], "one")):
-        p = subprocess.run([str(c) for c in cmd + args + ["--out", tmp_path / out]], env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert p.returncode == 0, p.stderr[-3000:]
-    assert read_state(tmp_path / "ddp")["world_size"] == 2
-    # every step: the same global-batch loss and gradient norm (the data split and the gradient averaging)
-    logs = [[json.loads(line) for line in (tmp_path / o / "metrics.jsonl").read_text().splitlines()]
-            for o in ("ddp", "one")]  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        f"--master_port={port}",
+    ]
+    cmd = (launcher if processes > 1 else [sys.executable]) + ["-m", "minisvd", *PARALLEL]
+    cmd += ["--init", svd, "--data", clips, "--out", out, "--steps", steps, *extra]
+    p = subprocess.run([str(c) for c in cmd], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(svd, clips, tmp_path_factory) -> Path:
+    """The reference: 6 steps in one process, one micro-batch of one sample at a time."""
+    return cli(svd, clips, tmp_path_factory.mktemp("runs") / "one")
+
+
+def same_steps(a: Path, b: Path, weights_tol: float) -> float:
+    """Every step: the same global-batch loss and gradient norm (the data split and the gradient averaging);
+    returns the max abs difference of the final weights, checked against `weights_tol`."""
+    logs = [[json.loads(line) for line in (o / "metrics.jsonl").read_text().splitlines()] for o in (a, b)]
     for x, y in zip(*logs, strict=True):
-        assert (
-            abs(x["loss"] - y["loss"]) <= 1e-5 * y["loss"]
-            and abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4 * y["grad_norm"]
-        )
-    a, b = (load_file(str(tmp_path / o / "last" / "model.safetensors")) for o in ("ddp", "one"))
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert abs(x["loss"] - y["loss"]) <= 1e-5 * y["loss"], (x, y)
+        assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4 * y["grad_norm"], (x, y)
+    wa, wb = (load_file(str(o / "last" / "model.safetensors")) for o in (a, b))
+    assert wa.keys() == wb.keys()
+    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert diff <= weights_tol, diff
+    return diff
+
+
+def test_two_ddp_processes_match_one(svd, clips, one_process, tmp_path):
+    ddp = cli(svd, clips, tmp_path / "ddp", processes=2)
+    assert read_state(ddp)["world_size"] == 2
+    diff = same_steps(ddp, one_process, weights_tol=1e-6)  # all-reduce of two values: exact here
     print(f"finetune, 2 DDP processes vs 1: max abs weight diff {diff:.2e}")
-    assert diff <= 1e-5  # one micro-batch per process in both runs: the same random numbers per sample
+
+
+def test_fsdp_matches_one_process_and_resumes_exactly(svd, clips, one_process, tmp_path):
+    """Full fine-tuning sharded over 2 processes (FSDP2, gloo): the same steps as one process; its checkpoint is
+    a 1-process checkpoint (full weights, AdamW state by index); a resumed FSDP run ends bit-identical."""
+    straight = cli(svd, clips, tmp_path / "fsdp", "--fsdp", processes=2)
+    assert read_state(straight)["config"]["fsdp"] and read_state(straight)["world_size"] == 2
+    diff = same_steps(straight, one_process, weights_tol=1e-4)
+    print(f"finetune, 2 FSDP processes vs 1: max abs weight diff {diff:.2e} (lr 1e-4, 6 AdamW steps)")
+    half = cli(svd, clips, tmp_path / "half", "--fsdp", processes=2, steps=3)
+    cli(svd, clips, half, "--fsdp", "--resume", processes=2, steps=6)
+    a, b = (load_file(str(o / "last" / "model.safetensors")) for o in (straight, half))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cli(svd, clips, half, "--resume", steps=7)  # the FSDP checkpoint goes on in one process
+    unet = load_file(str(half / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert unet.keys() == unet_weights(svd).keys()
 
 
 def test_errors_are_one_line(svd, clips, tmp_path, capsys):

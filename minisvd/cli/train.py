@@ -64,6 +64,9 @@ def register(sub) -> None:
     p.add_argument(
         "--optimizer", choices=["adamw", "adamw8bit"], default=None, help="adamw8bit: bitsandbytes (cuda)"
     )
+    p.add_argument(
+        "--fsdp", action="store_true", default=None, help="under torchrun: shard weights, grads, optimizer"
+    )
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes")
     ft = p.add_argument_group("stage finetune (a pretrained SVD on your clips; docs/finetuning.md)")
     ft.add_argument("--trainable", choices=["all", "temporal", "lora"], default=None, help="default temporal")
@@ -84,7 +87,7 @@ def register(sub) -> None:
 OVERRIDES = (  # CLI flag (argparse dest) -> TrainConfig field of the same name
     "steps", "batch_size", "micro_batch_size", "lr", "warmup_steps", "seed", "log_every", "ckpt_every",
     "sample_every", "precision", "gradient_checkpointing", "deterministic", "ema", "num_workers", "device",
-    "optimizer",
+    "optimizer", "fsdp",
 )  # fmt: skip
 STAGE_FIELDS = (  # CLI flag (argparse dest) -> the stage's setting of the same name (Stage.fields)
     "trainable", "lora_rank", "height", "width", "num_frames", "stride", "max_windows_per_clip", "offload",

@@ -126,8 +126,9 @@ class UpBlock(UNetBlock):
         self.upsamplers = nn.ModuleList([Upsample(c_out)] if upsample else [])
 
     def forward(self, x, skips, temb, context, image_only_indicator):
+        """`skips`: this level's skip activations, one per ResBlock, the first one used last (a stack)."""
         for i, resnet in enumerate(self.resnets):
-            x = torch.cat([x, skips.pop()], dim=1)  # (B*F, C + C_skip, H, W)
+            x = torch.cat([x, skips[-1 - i]], dim=1)  # (B*F, C + C_skip, H, W)
             x = self.run(resnet, x, temb, image_only_indicator)
             if self.attentions:
                 x = self.run(self.attentions[i], x, context, image_only_indicator)
@@ -287,8 +288,10 @@ class UNet(nn.Module):
             x, s = block(x, emb, context, image_only_indicator)
             skips += s
         x = self.mid_block(x, emb, context, image_only_indicator)
-        for block in self.up_blocks:
-            x = block(x, skips, emb, context, image_only_indicator)
+        for block in self.up_blocks:  # each level takes the last len(resnets) skips (not mutated in place:
+            n = len(block.resnets)  # FSDP and other wrappers may hand a module a copy of a list argument)
+            x = block(x, skips[-n:], emb, context, image_only_indicator)
+            skips = skips[:-n]
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         return rearrange(x, "(b f) c h w -> b f c h w", b=B)
 

@@ -3,6 +3,7 @@
     OUT/last/model.safetensors      the model's weights
     OUT/last/ema.safetensors        the EMA's weights (when the run keeps an EMA)
     OUT/last/optimizer.safetensors  AdamW's state: its tensors, and its other values as json in the metadata
+                                    (keyed by parameter index, also for FSDP runs: fsdp.py)
     OUT/last/state.json             stage, step, data position, RNG states, the full TrainConfig, times, git
 
 No pickle anywhere: a checkpoint can be opened without running anyone's code.
@@ -127,19 +128,21 @@ def recover(out_dir: Path) -> None:
 
 def save_checkpoint(
     out_dir: Path,
-    model: torch.nn.Module,
-    ema: torch.nn.Module | None,
-    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module | dict,  # the model, or its (full) state dict
+    ema: torch.nn.Module | dict | None,
+    optimizer: torch.optim.Optimizer | dict,  # the optimizer, or its state dict keyed by parameter index
     state: dict,  # json-able: stage, step, data position, config, ...
 ) -> Path:
     """Write OUT/last/ atomically (module doc); adds the RNG states to `state`."""
     tmp = out_dir / f"{TMP}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(cpu_state_dict(model), str(tmp / "model.safetensors"))
+    as_dict = lambda m: m if isinstance(m, dict) else cpu_state_dict(m)  # noqa: E731
+    save_file(as_dict(model), str(tmp / "model.safetensors"))
     if ema is not None:
-        save_file(cpu_state_dict(ema), str(tmp / "ema.safetensors"))
-    tensors, structure = optimizer_to_files(optimizer.state_dict())
+        save_file(as_dict(ema), str(tmp / "ema.safetensors"))
+    optim = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    tensors, structure = optimizer_to_files(optim)
     save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"structure": json.dumps(structure)})
     (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}, indent=1) + "\n")
     for f in tmp.iterdir():
@@ -170,6 +173,18 @@ def peek_state(out_dir: Path) -> dict | None:
     return None
 
 
+def read_checkpoint(out_dir: Path) -> tuple[dict, dict, dict | None, dict]:
+    """OUT/last/ as (state, model state dict, EMA state dict or None, optimizer state dict); nothing applied."""
+    last = out_dir / LAST
+    state = json.loads((last / "state.json").read_text())
+    model = load_file(str(last / "model.safetensors"))
+    ema = load_file(str(last / "ema.safetensors")) if (last / "ema.safetensors").exists() else None
+    with safe_open(str(last / "optimizer.safetensors"), framework="pt") as f:
+        structure = json.loads(f.metadata()["structure"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return state, model, ema, optimizer_from_files(tensors, structure)
+
+
 def load_checkpoint(
     out_dir: Path,
     model: torch.nn.Module,
@@ -179,14 +194,12 @@ def load_checkpoint(
     """Load OUT/last/ into the model, EMA and optimizer (in place); return its state (RNGs restored)."""
     from minisvd.pretrained.weights import load_state_dict_checked
 
-    last = out_dir / LAST
-    state = json.loads((last / "state.json").read_text())
-    load_state_dict_checked(model, load_file(str(last / "model.safetensors")), what="model of the checkpoint")
+    state, model_sd, ema_sd, optim_sd = read_checkpoint(out_dir)
+    load_state_dict_checked(model, model_sd, what="model of the checkpoint")
     if ema is not None:
-        load_state_dict_checked(ema, load_file(str(last / "ema.safetensors")), what="EMA of the checkpoint")
-    with safe_open(str(last / "optimizer.safetensors"), framework="pt") as f:
-        structure = json.loads(f.metadata()["structure"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    optimizer.load_state_dict(optimizer_from_files(tensors, structure))
+        if ema_sd is None:
+            raise ValueError(f"{out_dir}/{LAST} holds no ema.safetensors: the run kept no EMA")
+        load_state_dict_checked(ema, ema_sd, what="EMA of the checkpoint")
+    optimizer.load_state_dict(optim_sd)
     set_rng_state(state["rng"])
     return state

@@ -42,6 +42,7 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16": autocast on cuda (fp32 master weights); cpu/mps always fp32
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     optimizer: str = "adamw"  # "adamw8bit": bitsandbytes' 8-bit AdamW states (a quarter of the memory; cuda)
+    fsdp: bool = False  # several processes: shard weights, gradients and AdamW states (fsdp.py); no EMA
     deterministic: bool = False  # deterministic cuda kernels: bit-identical reruns/resumes on GPUs too
     device: str | None = None  # None: cuda, then mps, then cpu (minisvd.device.pick_device)
     num_workers: int = 0  # DataLoader worker processes

@@ -15,6 +15,7 @@ weights on the CPU, and N processes train the same model as one process with the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -33,13 +34,22 @@ from minisvd.train.checkpoint import (
     git_commit,
     load_checkpoint,
     peek_state,
+    read_checkpoint,
     read_state,
     recover,
     save_checkpoint,
+    set_rng_state,
 )
 from minisvd.train.config import TrainConfig
 from minisvd.train.data import BatchSampler, DataOrder, seed_for, to_device
 from minisvd.train.ema import EMA, ema_beta
+from minisvd.train.fsdp import (
+    full_norm,
+    gather_model_state,
+    gather_optimizer_state,
+    load_full_state,
+    shard_model,
+)
 from minisvd.train.metrics import MetricsFile, Window, plot_loss
 from minisvd.train.stage import Stage, get_stage
 
@@ -184,6 +194,11 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
     if (B // W) % micro:
         raise TrainError(f"micro batch {micro} must divide the per-process batch {B // W} (= {B} / {W})")
     accum = B // W // micro  # micro-batches per process and step (gradient accumulation)
+    fsdp = config.fsdp and d.enabled  # one process: --fsdp changes nothing
+    if fsdp and config.ema:
+        raise TrainError("--fsdp keeps no EMA (it would need a second sharded copy): add --no-ema")
+    if fsdp and config.sample_every and d.is_main:
+        print("note: --fsdp takes no periodic samples (the sharded model runs on all processes at once)")
 
     # ----- what the stage uses but does not train (frozen VAE, CLIP), then data ------------------------
     if state is not None and not init:
@@ -206,12 +221,15 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
         model = stage.build_model(None if state else (Path(init) if init else None))
     except (FileNotFoundError, ValueError) as e:
         raise TrainError(f"--init {init}: {e}") from None
+    template = copy.deepcopy(model) if fsdp and d.is_main else None  # unsharded CPU copy for save_final
     model.to(device).train()
     if config.gradient_checkpointing:
         if hasattr(model, "enable_gradient_checkpointing"):
             model.enable_gradient_checkpointing()
         elif d.is_main:
             print(f"note: {type(model).__name__} has no enable_gradient_checkpointing(); training without it")
+    if fsdp:
+        shard_model(model, stage.fsdp_units(model))
     ema = EMA(model) if config.ema else None
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -220,8 +238,13 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
 
     # ----- resume: weights, EMA, optimizer, RNG states, data position ---------------------------------
     order, start_step, started, elapsed_before = DataOrder(n, config.seed), 0, None, 0.0
-    if state is not None:
+    if state is not None and fsdp:  # every process reads the full checkpoint and keeps its shards
+        state, model_sd, _, optim_sd = read_checkpoint(out_dir)
+        load_full_state(model, optimizer, model_sd, optim_sd)
+        set_rng_state(state["rng"])
+    elif state is not None:
         state = load_checkpoint(out_dir, model, ema.model if ema else None, optimizer)
+    if state is not None:
         if state["dataset_size"] != n:
             raise TrainError(f"the dataset has {n} items, the checkpoint's run had {state['dataset_size']}")
         order = DataOrder(n, config.seed, **state["data_position"])
@@ -236,7 +259,7 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
     commit = git_commit() if d.is_main else None
 
     net = model
-    if d.enabled:  # gradients averaged over processes in backward
+    if d.enabled and not fsdp:  # gradients averaged over processes in backward
         ids = [device.index] if device.type == "cuda" else None
         unused = stage.find_unused_parameters
         net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
@@ -264,12 +287,15 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
 
     def save(step: int) -> None:
         nonlocal saved_step
+        weights, optim = model, optimizer
+        if fsdp:  # a collective: every process gathers, rank 0 writes
+            weights, optim = gather_model_state(model), gather_optimizer_state(model, optimizer)
         if d.is_main:
             save_checkpoint(
                 out_dir,
-                model,
+                weights,
                 ema.model if ema else None,
-                optimizer,
+                optim,
                 {
                     "stage": stage.name,
                     "stage_fields": stage.fields(),
@@ -311,14 +337,16 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
             generator = torch.Generator(device).manual_seed(seed_for(config.seed, step, chunk))
             torch.manual_seed(seed_for(config.seed, step, chunk, 1))  # dropout and other global-RNG users
             no_sync = d.enabled and j < accum - 1  # all-reduce the gradients once, after the last one
-            with net.no_sync() if no_sync else nullcontext():
+            if fsdp:
+                model.set_requires_gradient_sync(not no_sync)
+            with net.no_sync() if no_sync and not fsdp else nullcontext():
                 with autocast():
                     per_sample, extras = split_loss(stage.loss(net, batch, generator), stage, micro)
                 # this process's share of the GLOBAL mean: DDP divides the summed gradients by W
                 (per_sample.float().sum() * (W / B)).backward()
             loss_sum += per_sample.detach().double().sum()
             window.add_samples(per_sample, extras)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf).item()
+        grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf))
         loss = distributed.all_reduce_sum(loss_sum, d).item() / B  # the global batch's mean loss
 
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # before AdamW touches the weights
@@ -348,14 +376,25 @@ def _train(stage, config, out_dir, init, data, resume, command, d, device) -> di
             window.reset()
         if done % config.ckpt_every == 0 or done == config.steps:
             save(done)
-        if config.sample_every and d.is_main and (done % config.sample_every == 0 or done == config.steps):
+        if (
+            config.sample_every
+            and d.is_main
+            and not fsdp
+            and (done % config.sample_every == 0 or done == config.steps)
+        ):
             sample(done)
     bar.close()
 
     # ----- finish -------------------------------------------------------------------------------------
     final = loss_png = None
+    final_model = model
+    if fsdp:  # gather the weights into rank 0's unsharded copy
+        full = gather_model_state(model)
+        if d.is_main:
+            template.load_state_dict(full)
+            final_model = template
     if d.is_main:
-        final = stage.save_final(model, ema.model if ema else None, out_dir / "final")
+        final = stage.save_final(final_model, ema.model if ema else None, out_dir / "final")
         loss_png = plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
     distributed.barrier(d)
     trained = config.steps - start_step if steps_left else 0

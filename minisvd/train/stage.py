@@ -77,6 +77,13 @@ class Stage:
         constructor on --resume. Default: none."""
         return {}
 
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        """The modules FSDP shards one by one (fsdp.py): each gathers its full weights only while it runs.
+        Default: every child module with parameters (a ModuleList's entries one by one)."""
+        from minisvd.train.fsdp import default_units
+
+        return default_units(model)
+
     def collate(self, items: list) -> Any:
         """Items of `dataset` -> one batch; tensors, dicts, lists and objects with `.to(device)` are moved."""
         return default_collate(items)

@@ -230,9 +230,18 @@ class FinetuneStage(DiffusionStage):
         parts = self.require_parts()
         unet = parts["unet"].float()
         model = select_trainable(unet, self.trainable, self.lora_rank)
-        device = self._vae_device()
-        parts["vae"].to(device)
+        self._place_vae()
         return model
+
+    def _place_vae(self, sampling_on: torch.device | None = None) -> None:
+        """Training: only the VAE encoder (and quant_conv) on the training device (the CPU with --offload),
+        decoder and CLIP on the CPU; sampling: the whole VAE and the CLIP image encoder on `sampling_on`."""
+        parts = self.require_parts()
+        vae, device = parts["vae"], sampling_on or self._vae_device()
+        vae.to(sampling_on or "cpu")
+        parts["image_encoder"].to(sampling_on or "cpu")
+        vae.encoder.to(device)
+        vae.quant_conv.to(device)
 
     def _vae_device(self) -> torch.device:
         from minisvd.device import pick_device
@@ -265,8 +274,7 @@ class FinetuneStage(DiffusionStage):
         if data is None:
             return None
         device = next(model.parameters()).device
-        parts = self.require_parts()
-        parts["image_encoder"].to(device)
+        self._place_vae(sampling_on=device)
         videos = []
         for i in range(min(2, len(data))):
             item = data[i]
@@ -277,7 +285,7 @@ class FinetuneStage(DiffusionStage):
                                          generator=torch.Generator().manual_seed(i))  # fmt: skip
             truth = self.pipeline(model).decode(item["latents"][None].to(device))
             videos += [truth.cpu(), video.cpu()]
-        parts["image_encoder"].to("cpu")
+        self._place_vae()
         path = out_dir / f"step_{step:06d}.gif"
         save_gif(tile(videos, ncol=2), path, fps=4)
         return path

@@ -102,7 +102,7 @@ def i2v_conditioning(
     B, dev = len(first), generator.device
     aug = edm.sample_sigmas(B, *cond_aug, generator=generator, device=dev).to(first.device)
     noise = torch.randn(first.shape, generator=generator, device=dev).to(first.device)
-    on = next(vae.parameters()).device
+    on = next(vae.encoder.parameters()).device  # only the encoder (and quant_conv) need be there
     latent = encode_latent(vae, noise_augment(first, aug, noise).to(on)).to(first.device)  # (B, C_z, h, w)
     ids = micro_conditioning(batch["fps"], batch["motion_bucket_id"], aug, device=first.device)
     cond = Conditioning(context=batch["context"], added_time_ids=ids, cond_latent=latent)
