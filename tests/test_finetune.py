@@ -115,7 +115,9 @@ def test_output_loads_in_diffusers_and_lora_is_saved_on_its_own(svd, clips, tmp_
     from minisvd.pipelines import load_pipeline
     from minisvd.train.stages.finetune import lora_config, merged_unet
 
-    finetune(svd, clips, tmp_path / "run", "lora", lr=1e-3)
+    args = ["train", "finetune", "--init", svd, "--data", clips, "--out", tmp_path / "run", "--trainable", "lora",
+            "--lora-rank", "4", "--height", "32", "--width", "32", "--steps", "6", "--batch-size", "2", "--lr", "1e-3"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0  # from the command line
     final = tmp_path / "run" / "final"
     ours = load_pipeline(final).unet.state_dict()
     pipe = load_diffusers_svd_quietly(final, caplog)
@@ -238,3 +240,26 @@ def test_errors_are_one_line(svd, clips, tmp_path, capsys):
                 init=svd,
                 data=clips,
             )
+
+
+def test_windows_of_a_curate_folder_take_fps_and_motion_from_its_table(clips, tmp_path):
+    """A curate output folder: fps = n_frames / duration_s of the table, motion = the table's score x the resize
+    factor x the stride; windows are non-overlapping, every stride-th frame."""
+    from minisvd.curation.outputs import CLIP_COLS, write_table
+    from minisvd.data.motion_bucket import motion_bucket_id
+    from minisvd.train.stages.finetune_data import load_windows
+
+    (tmp_path / "clips").mkdir()
+    rows = []
+    for i, motion in enumerate((0.5, 4.0)):
+        (tmp_path / "clips" / f"c{i}.mp4").write_bytes((clips / f"clip{i}.mp4").read_bytes())
+        rows.append({"clip_id": f"c{i}", "video": f"v{i}.mp4", "start": 0, "end": 12, "n_frames": 12,
+                     "duration_s": 12 / 24, "file": f"clips/c{i}.mp4", "motion": motion})  # fmt: skip
+    write_table(tmp_path / "clips.csv", rows, CLIP_COLS)
+    w = load_windows(tmp_path, 16, 16, num_frames=3, stride=2, max_windows=4)  # span 5: windows at 0, 5
+    assert w["ids"] == ["c0@0", "c0@5", "c1@0", "c1@5"] and w["frames"].shape == (4, 3, 3, 16, 16)
+    assert w["fps"].tolist() == [12.0] * 4  # 24 fps / stride 2
+    scale = 16 / 32  # the clips are 32 px, trained at 16
+    assert w["motion"].tolist() == pytest.approx([0.5 * scale * 2] * 2 + [4.0 * scale * 2] * 2)
+    buckets = motion_bucket_id(w["motion"], 16)
+    assert buckets[0] < buckets[2]  # the faster clip, the higher bucket
