@@ -90,3 +90,22 @@ def test_cli_lists_every_command_module():
     sub = next(a for a in parser._actions if a.dest == "command")
     files = {p.stem for p in (PKG / "cli").glob("*.py") if p.stem != "__init__"}
     assert files <= set(sub.choices), f"commands not registered: {files - set(sub.choices)}"
+
+
+NOTEBOOKS = sorted((PKG.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_are_stored_without_outputs(notebook):
+    """Notebooks in git hold no outputs (diffs stay readable, nothing stale is shown as a result): clear them
+    before committing, e.g. `jupyter nbconvert --clear-output --inplace notebooks/*.ipynb`.
+    scripts/render_course.py writes the executed copies to docs/course/ instead."""
+    import json
+
+    cells = json.loads(notebook.read_text())["cells"]
+    dirty = [
+        i
+        for i, c in enumerate(cells)
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
+    ]
+    assert not dirty, f"{notebook.name}: cells {dirty} hold outputs or execution counts: clear them"
