@@ -14,12 +14,33 @@ def register(sub) -> None:
         "captions for every video in FOLDER; tables in OUT (clips.csv, videos.csv); prints the funnel.",
         epilog="Resumable: a rerun redoes only what is missing or broken on disk, and tries failed videos "
         "again (--no-retry-failed: not while their size and mtime are unchanged). "
-        "exit status: 0 every video curated; 2 a setting that cannot work, or no FOLDER (nothing run); "
+        "exit status: 0 every video curated; 2 a setting that cannot work (ray not installed, no cluster at "
+        "--address), or no FOLDER (nothing run); "
         "3 some videos failed (counted in the last line; the others' clips are kept).",
     )
     p.add_argument("folder", help="folder with video files (sub-folders included)")
     p.add_argument("--out", required=True, help="output folder (clips/, clips.csv, videos.csv)")
-    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes (default 2); with --engine ray and no --address, the CPUs of the local Ray started",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: worker processes on this machine (default); ray: one Ray task per video, on a local Ray "
+        'or the cluster at --address (needs pip install "minisvd[ray]")',
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the Ray cluster to run on (auto: the one this machine belongs to, started "
+        "with `ray start`; ray://HEAD:10001: Ray Client). FOLDER and OUT must then be one shared file "
+        "system, at the same path on every node: the tasks read the videos and write the clip files there. "
+        "Default: start a local Ray with --workers CPUs",
+    )
     p.add_argument(
         "--clip-dir", default=None, help="local CLIP model folder (transformers); else an offline stand-in"
     )
@@ -44,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
         clip_dir=args.clip_dir,
         aesthetic_weights=args.aesthetic_weights,
         retry_failed=not args.no_retry_failed,
+        engine=args.engine,
+        ray_address=args.address,
     )
+    if args.address and args.engine != "ray":
+        print("error: --address is for --engine ray", file=sys.stderr)
+        return 2
     try:
         rep = curate_folder(args.folder, args.out, cfg)
     except (ValueError, NoInputFolder) as e:  # a setting that cannot work (--clip-dir, FOLDER): one line

@@ -13,21 +13,25 @@ Resumable, and only what is complete on disk counts: a video is skipped when its
 size and mtime, it has exactly `n_clips` clip rows, each with every score filled and a clip file that
 exists and demuxes to its `n_frames`. Anything less is redone for that video (cut detection again if
 clip rows are missing; a clip file that is missing or broken is cut again, a valid one is kept; empty
-cells are computed). Tables and clip files are written to a temporary file and renamed, after every video,
-so a kill at any point loses at most the video in flight. A file that cannot be read (zero length, cut
-before its index, an image, not a video) is recorded with its reason and the run goes on; failed videos are
-tried again on the next run (`retry_failed=False` to skip them while their size and mtime are unchanged).
-A video whose first frames decode and then the file breaks off keeps those frames (clips are cut from
-them) and gets a `warning`. Videos are spread over worker processes, one per core; a worker that dies
-(killed, out of memory) fails only its own video, which is tried once more in a fresh process and then
-recorded as failed.
+cells are computed). Tables and clip files are written to a temporary file and renamed; the tables after
+every video while a rewrite is quick, once they are large (a rewrite is O(rows)) only after `WRITE_GAP`
+times the last rewrite's duration, and always at the end, Ctrl-C included; so a kill at any point loses at
+most the videos finished since the last write (their valid clip files are kept and reused). A file that
+cannot be read (zero length, cut before its index, an image, not a video) is recorded with its reason and
+the run goes on; failed videos are tried again on the next run (`retry_failed=False` to skip them while
+their size and mtime are unchanged). A video whose first frames decode and then the file breaks off keeps
+those frames (clips are cut from them) and gets a `warning`. Videos are spread over worker processes, one
+per core; a worker that dies (killed, out of memory) fails only its own video, which is tried once more in
+a fresh process and then recorded as failed. `engine="ray"` (`--engine ray [--address ...]`) runs the same per-video function as Ray
+tasks on a cluster instead (`engines.py`); the driver still writes the tables, and checks nothing on disk
+itself: whether a video's clip files are all there is checked by its task.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -41,6 +45,7 @@ from tqdm import tqdm
 from minisvd.curation.captions import DescribeFrame, DescribeMotion, JoinSummary
 from minisvd.curation.clip_scores import check_clip_dir, make_scorer
 from minisvd.curation.cuts import CutConfig, detect_cuts_in_frames, scenes, snap_to_keyframes
+from minisvd.curation.engines import RayResults, import_ray
 from minisvd.curation.filtering import column, score_choice  # noqa: F401  (column: re-exported for notebook 04)
 from minisvd.curation.motion import MotionConfig, describe_motion, flow_size, motion_score, sample_indices
 from minisvd.curation.outputs import (
@@ -61,6 +66,8 @@ from minisvd.curation.text import text_score
 from minisvd.curation.video_io import decode_small_yuv_until_error, extract_clip, iter_frames, probe
 
 WORKER_DIED = "worker process died twice (killed? out of memory?)"
+ENGINES = ("local", "ray")
+WRITE_GAP = 10  # after a table rewrite that took w seconds, the next one waits 10 w: at most ~10% of the time
 DIE_ON_ENV = (
     "MINISVD_CURATE_TEST_DIE_ON"  # test hook: a worker given this source (relative path) kills itself
 )
@@ -86,6 +93,8 @@ class CurateConfig:
     clip_dir: str | None = None  # a local CLIP model folder; None = offline stand-in (not CLIP)
     aesthetic_weights: str | None = None
     retry_failed: bool = True  # False: a video that failed is skipped while its size and mtime are unchanged
+    engine: str = "local"  # "local": worker processes here; "ray": Ray tasks (engines.py)
+    ray_address: str | None = None  # engine="ray": a cluster (`auto`, `ray://head:10001`); None: a local Ray
 
 
 # ----------------------------------------------------------------------------- one video (in a worker)
@@ -100,6 +109,7 @@ class Job:
     old_video: dict | None
     old_clips: list[dict]
     cfg: CurateConfig
+    verify: bool = False  # the tables may say it is complete: check its clip files first (`run_job`)
 
 
 def _stat_row(path: str, rel: str) -> dict:
@@ -119,8 +129,6 @@ def process_video(job: Job) -> tuple[dict, list[dict], Counter]:
 
     Never raises: an error is recorded in the video row, and the clip rows computed so far are returned.
     """
-    if os.environ.get(DIE_ON_ENV) == job.rel and multiprocessing.parent_process() is not None:
-        os.kill(os.getpid(), signal.SIGKILL)  # test hook: die as the OOM killer would kill a worker
     cfg, path = job.cfg, job.path
     done: Counter = Counter()
     clips: list[dict] = []
@@ -182,6 +190,18 @@ def process_video(job: Job) -> tuple[dict, list[dict], Counter]:
     return vrow, clips, done
 
 
+def run_job(job: Job) -> tuple[dict, list[dict], Counter] | None:
+    """What a worker process or Ray task runs: None when `job.verify` finds the video complete on disk
+    (nothing to write), else `process_video(job)`."""
+    if os.environ.get(DIE_ON_ENV) == job.rel:
+        os.kill(os.getpid(), signal.SIGKILL)  # test hook: die as the OOM killer would kill a worker
+    if job.verify:
+        score_cols, _ = score_choice(job.cfg.clip_dir)
+        if video_complete(job.old_video, job.old_clips, job.name, Path(job.out), score_cols):
+            return None
+    return process_video(job)
+
+
 def write_clip(src: str, f: Path, start: int, end: int) -> None:
     """Cut frames [start, end) of `src` into `f` through a temporary file, checked, then renamed."""
     tmp = f.with_name(f".{f.stem}.part.mp4")
@@ -225,7 +245,7 @@ def score_clip(c: dict, f: Path, height: int, width: int, todo: list[str], score
         c.update({k: round(v, 5) for k, v in scorer.score(three, str(c.get("caption_summary", ""))).items()})
 
 
-def _run_jobs(jobs: list[Job], workers: int) -> Iterator[tuple[dict, list[dict], Counter]]:
+def _run_jobs(jobs: list[Job], workers: int) -> Iterator[tuple[dict, list[dict], Counter] | None]:
     """Results of `process_video` for every job, as they finish (in this process when workers <= 1).
 
     Each worker is its own one-process pool fed one video at a time, so when a worker dies (SIGKILL,
@@ -247,7 +267,7 @@ def _run_jobs(jobs: list[Job], workers: int) -> Iterator[tuple[dict, list[dict],
                 if queue and i not in busy:
                     slots[i] = slots[i] or ProcessPoolExecutor(1, mp_context=ctx)
                     job, attempt = queue.popleft()
-                    running[slots[i].submit(process_video, job)] = (i, job, attempt)
+                    running[slots[i].submit(run_job, job)] = (i, job, attempt)
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 i, job, attempt = running.pop(fut)
@@ -266,6 +286,10 @@ def _run_jobs(jobs: list[Job], workers: int) -> Iterator[tuple[dict, list[dict],
         for ex in slots:
             if ex is not None:
                 ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _failed_result(job: Job, reason: str) -> tuple[dict, list[dict], Counter]:
+    return _failed(job, reason), [], Counter()
 
 
 def _failed(job: Job, reason: str) -> dict:
@@ -291,6 +315,10 @@ def curate_folder(
 ) -> CurateReport:
     """Run (or resume) the pipeline over every video file in `folder` (and its sub-folders); tables in `out`."""
     cfg = cfg or CurateConfig()
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"unknown engine {cfg.engine!r}: one of {', '.join(ENGINES)}")
+    if cfg.engine == "ray":
+        import_ray()  # not installed: one line naming the extra, before anything is written
     check_clip_dir(cfg.clip_dir)  # before anything is written or computed
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
@@ -308,6 +336,7 @@ def curate_folder(
     score_cols, _ = score_choice(cfg.clip_dir)
     sources = list_sources(folder, out)
     names = clip_names(rel for rel, _ in sources)
+    remote = cfg.engine == "ray"  # workers on other machines: absolute paths; they check clip files, not we
     jobs = []
     for rel, p in sources:
         st, old = p.stat(), videos.get(rel)
@@ -316,24 +345,51 @@ def curate_folder(
             old, by_video[rel] = None, []
         elif _cell(old, "status") == "error" and not cfg.retry_failed:
             continue  # failed before, unchanged, and failures are not to be retried
-        elif video_complete(old, by_video.get(rel, []), names[rel], out, score_cols):
+        elif not remote and video_complete(old, by_video.get(rel, []), names[rel], out, score_cols):
             continue
-        jobs.append(Job(str(p), rel, names[rel], str(out), old, by_video.get(rel, []), cfg))
+        path, where = (os.path.abspath(p), os.path.abspath(out)) if remote else (str(p), str(out))
+        jobs.append(Job(path, rel, names[rel], where, old, by_video.get(rel, []), cfg, verify=remote))
     computed: Counter = Counter()
-    results = _run_jobs(jobs, cfg.workers)
+    if remote:
+        results = RayResults(jobs, run_job, _failed_result, WORKER_DIED, cfg.workers, cfg.ray_address)
+    else:
+        results = _run_jobs(jobs, cfg.workers)
+    tables = _Tables(cpath, vpath)
     try:
-        for vrow, vclips, done in tqdm(results, total=len(jobs), desc="curate", disable=not progress):
+        for res in tqdm(results, total=len(jobs), desc="curate", disable=not progress):
+            if res is None:  # complete on disk (checked by its worker): nothing changes
+                continue
+            vrow, vclips, done = res
             videos[vrow["video"]] = vrow
             by_video[vrow["video"]] = vclips
             computed.update(done)
-            write_table(cpath, _all_clips(by_video), CLIP_COLS)  # clips first: a video row never runs ahead
-            write_table(vpath, _all_videos(videos), VIDEO_COLS)
+            tables.write(by_video, videos, when_due=True)
     finally:
-        results.close()
-    if not jobs:  # tables as the rules above read them (e.g. a clips table that was lost and rebuilt)
-        write_table(cpath, _all_clips(by_video), CLIP_COLS)
-        write_table(vpath, _all_videos(videos), VIDEO_COLS)
+        try:
+            results.close()
+        finally:  # always at the end (also on Ctrl-C): what finished since the last write, or, with nothing
+            # to do, the tables as the rules above read them (e.g. a clips table that was lost and rebuilt)
+            tables.write(by_video, videos)
     return CurateReport(_all_videos(videos), _all_clips(by_video), computed)
+
+
+class _Tables:
+    """Writes both tables (clips first: a video row never runs ahead of its clip rows), each through a
+    temporary file and a rename; with `when_due`, only once `WRITE_GAP` times the last write's duration
+    has passed since it, so rewriting tables of a million rows (O(rows) each) does not dominate a run."""
+
+    def __init__(self, cpath: Path, vpath: Path):
+        self.cpath, self.vpath = cpath, vpath
+        self.due = 0.0  # time.monotonic() from which the next write is due
+
+    def write(self, by_video: dict[str, list[dict]], videos: dict[str, dict], when_due: bool = False) -> None:
+        t = time.monotonic()
+        if when_due and t < self.due:
+            return
+        write_table(self.cpath, _all_clips(by_video), CLIP_COLS)
+        write_table(self.vpath, _all_videos(videos), VIDEO_COLS)
+        end = time.monotonic()
+        self.due = end + WRITE_GAP * (end - t)
 
 
 def _all_videos(videos: dict[str, dict]) -> list[dict]:
