@@ -46,7 +46,7 @@ from minisvd.curation.captions import DescribeFrame, DescribeMotion, JoinSummary
 from minisvd.curation.clip_scores import check_clip_dir, make_scorer
 from minisvd.curation.cuts import CutConfig, detect_cuts_in_frames, scenes, snap_to_keyframes
 from minisvd.curation.engines import RayResults, import_ray
-from minisvd.curation.filtering import column, score_choice  # noqa: F401  (column: re-exported for notebook 04)
+from minisvd.curation.filtering import score_choice
 from minisvd.curation.motion import MotionConfig, describe_motion, flow_size, motion_score, sample_indices
 from minisvd.curation.outputs import (
     CLIP_COLS,
