@@ -39,6 +39,8 @@ def render(notebook: Path, out_dir: Path, timeout: int) -> tuple[float, str | No
         client.execute()
     except CellExecutionError as e:
         error = str(e).strip().splitlines()[-1][:300]
+    except Exception as e:  # noqa: BLE001 - a dead kernel (out of memory?), a timeout: report, go on
+        error = f"{type(e).__name__}: {e}"[:300]
     seconds = time.time() - t0
     body, _ = HTMLExporter().from_notebook_node(nb)
     (out_dir / f"{notebook.stem}.html").write_text(body)
