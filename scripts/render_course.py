@@ -7,7 +7,7 @@
 So a student can read the results before running anything: docs/course/index.html links each notebook with
 its measured run time. The notebooks in git stay without outputs (tests/test_layout.py checks); docs/course/
 is not committed (.gitignore): it holds inline videos and figures, several MB. Each notebook runs in its own
-kernel with the repository as working directory, like `pytest --nbmake`; a notebook that fails is rendered up
+kernel with the notebook's folder as working directory, like `pytest --nbmake`; a notebook that fails is rendered up
 to the failing cell, reported, and the script exits 1 after the others.
 """
 
@@ -31,9 +31,8 @@ def render(notebook: Path, out_dir: Path, timeout: int) -> tuple[float, str | No
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    )
+    where = {"metadata": {"path": str(notebook.parent)}}  # the notebook's folder, as under pytest --nbmake
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=where)
     t0, error = time.time(), None
     try:
         client.execute()
