@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import sys
 import time
@@ -67,6 +68,11 @@ def main(argv=None) -> int:
         print(f"{seconds:.0f} s" + (f"  FAILED: {error}" if error else ""), flush=True)
         rows.append((nb.stem, seconds, error))
     mode = "fast mode (MINISVD_FAST=1)" if args.fast else "by hand (MINISVD_FAST=0)"
+    runs = out_dir / "runs.json"  # earlier renders into the same folder stay listed
+    known = {r[0]: r for r in (json.loads(runs.read_text()) if runs.exists() else [])}
+    known.update({r[0]: list(r) for r in rows})
+    rows = sorted(known.values())
+    runs.write_text(json.dumps(rows, indent=1) + "\n")
     items = "\n".join(
         f'<li><a href="{html.escape(stem)}.html">{html.escape(stem)}</a>: {s:.0f} s'
         + (f" <b>failed</b>: {html.escape(e)}" if e else "")
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
         f"{time.strftime('%Y-%m-%d')}.</p><ul>\n{items}\n</ul></body></html>\n"
     )
     size = sum(f.stat().st_size for f in out_dir.glob("*.html")) / 2**20
-    print(f"wrote {out_dir}/index.html and {len(rows)} notebooks, {size:.1f} MB in all")
+    print(f"wrote {out_dir}/index.html ({len(rows)} notebooks listed), {size:.1f} MB of HTML in all")
     return 1 if failed else 0
 
 
