@@ -57,6 +57,7 @@ from minisvd.curation.outputs import (
     clip_file_ok,
     clip_id,
     clip_names,
+    cuts_recorded,
     list_sources,
     read_table,
     video_complete,
@@ -143,12 +144,7 @@ def process_video(job: Job) -> tuple[dict, list[dict], Counter]:
         vrow.update(fps=info.fps, n_frames=info.n_frames)
         good = {c["clip_id"]: dict(c) for c in job.old_clips if _well_named(c, job.name)}
         old = job.old_video
-        if (
-            _cell(old, "status") == "ok"
-            and _cell(old, "n_clips").isdigit()
-            and int(_cell(old, "n_clips")) == len(good)
-            and _cell(old, "n_transitions") != ""
-        ):  # every clip row is there: keep the cuts
+        if cuts_recorded(old, len(good)):  # every clip row is there: keep the cuts
             clips = sorted(good.values(), key=lambda c: int(c["start"]))
             vrow.update({k: _cell(old, k) for k in ("n_frames", "n_transitions", "warning")})
         else:  # cut detection (again), keeping the rows (scores) of clips found before
@@ -279,9 +275,9 @@ def _run_jobs(jobs: list[Job], workers: int) -> Iterator[tuple[dict, list[dict],
                     if attempt == 1:
                         queue.append((job, 2))
                     else:
-                        yield _failed(job, WORKER_DIED), [], Counter()
+                        yield _failed_result(job, WORKER_DIED)
                 except Exception as e:  # noqa: BLE001 - e.g. a result that does not pickle
-                    yield _failed(job, f"{type(e).__name__}: {e}"), [], Counter()
+                    yield _failed_result(job, f"{type(e).__name__}: {e}")
     finally:
         for ex in slots:
             if ex is not None:

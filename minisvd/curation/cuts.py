@@ -130,8 +130,13 @@ def consecutive_residual(imgs: np.ndarray, chunk: int = 32) -> np.ndarray:
     Every frame is centred and its variance taken once (not once as x and again as y), and the pairs
     go through in chunks of `chunk` frames so that the temporaries stay in cache.
     """
+    return _centred_pairs_residual(*_centred(imgs), chunk)
+
+
+def _centred(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float planes (T, 3, n) -> each plane minus its mean, and its variance (T, 3, 1)."""
     c = imgs - imgs.mean(-1, keepdims=True)
-    return _centred_pairs_residual(c, (c * c).mean(-1, keepdims=True), chunk)
+    return c, (c * c).mean(-1, keepdims=True)
 
 
 def _centred_pairs_residual(c: np.ndarray, var: np.ndarray, chunk: int = 32) -> np.ndarray:
@@ -167,9 +172,7 @@ class CutFeatures:
         """Add the next frames (n, 3, h, w) uint8."""
         if not len(frames):
             return
-        imgs = frames.reshape(len(frames), 3, -1).astype(np.float32)
-        c = imgs - imgs.mean(-1, keepdims=True)
-        var = (c * c).mean(-1, keepdims=True)
+        c, var = _centred(frames.reshape(len(frames), 3, -1).astype(np.float32))
         if self._last is not None:  # the pair across the chunk boundary
             self.residuals.append(
                 _centred_pairs_residual(np.concatenate([self._last[0], c[:1]]), self._last[1])
@@ -200,13 +203,6 @@ def nanmedian_rows(a: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the three detectors
-def hard_scores(imgs: np.ndarray, cfg: CutConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Residual r(t) between frames t-1 and t, and the ratio r(t) / local median (the full-rate curve)."""
-    r = np.zeros(len(imgs), np.float32)
-    r[1:] = consecutive_residual(imgs)
-    return r, hard_ratio(r, cfg)
-
-
 def hard_ratio(r: np.ndarray, cfg: CutConfig) -> np.ndarray:
     """r(t) / (local median of r around t + 0.5): the full-rate curve of the hard detector."""
     # One-sided medians over w frames, leaving out t and its neighbours; the calmer side sets the

@@ -128,17 +128,20 @@ def _well_named(c: dict, name: str) -> bool:
         return False
 
 
+def cuts_recorded(vrow: dict | None, n_rows: int) -> bool:
+    """The cut detection of this video is on record: an `ok` row with its transitions counted and exactly
+    `n_rows` clip rows for its `n_clips` (a rerun keeps those cuts instead of detecting them again)."""
+    return (
+        _cell(vrow, "status") == "ok"
+        and _cell(vrow, "n_clips").isdigit()
+        and _cell(vrow, "n_transitions") != ""
+        and int(_cell(vrow, "n_clips")) == n_rows
+    )
+
+
 def video_complete(vrow: dict | None, rows: list[dict], name: str, out: Path, score_cols: list[str]) -> bool:
     """Done: an `ok` row, exactly `n_clips` well-named clip rows, every score filled, every clip file valid."""
-    if (
-        _cell(vrow, "status") != "ok"
-        or not _cell(vrow, "n_clips").isdigit()
-        or not _cell(vrow, "n_transitions")
-    ):
-        return False
-    if int(_cell(vrow, "n_clips")) != len(rows):
-        return False
-    return all(
+    return cuts_recorded(vrow, len(rows)) and all(
         _well_named(c, name) and not _missing(c, score_cols) and clip_file_ok(out / c["file"], c["n_frames"])
         for c in rows
     )

@@ -234,28 +234,18 @@ class FinetuneStage(DiffusionStage):
         return model
 
     def _place_vae(self, sampling_on: torch.device | None = None) -> None:
-        """Training: only the VAE encoder (and quant_conv) on the training device (the CPU with --offload),
-        decoder and CLIP on the CPU; sampling: the whole VAE and the CLIP image encoder on `sampling_on`."""
+        """Between steps the VAE and CLIP wait on the CPU; `conditioning` brings the VAE encoder (and
+        quant_conv) to the training batch's device. Sampling: the whole VAE and CLIP on `sampling_on`."""
         parts = self.require_parts()
-        vae, device = parts["vae"], sampling_on or self._vae_device()
-        vae.to(sampling_on or "cpu")
+        parts["vae"].to(sampling_on or "cpu")
         parts["image_encoder"].to(sampling_on or "cpu")
-        vae.encoder.to(device)
-        vae.quant_conv.to(device)
-
-    def _vae_device(self) -> torch.device:
-        from minisvd.device import pick_device
-
-        if self.offload:
-            return torch.device("cpu")
-        dev = pick_device(None)
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return dev
 
     def conditioning(self, batch: dict, generator: torch.Generator):
-        return i2v_conditioning(self.require_parts()["vae"], batch, generator, self.cond_aug,
-                                self.p_drop_context, self.p_drop_latent)  # fmt: skip
+        vae = self.require_parts()["vae"]
+        if not self.offload:  # the engine's device (the batch is on it); a no-op once the encoder is there
+            vae.encoder.to(batch["first"].device)
+            vae.quant_conv.to(batch["first"].device)
+        return i2v_conditioning(vae, batch, generator, self.cond_aug, self.p_drop_context, self.p_drop_latent)
 
     # ----- samples and the final folder ------------------------------------------------------------------
     def pipeline(self, unet: nn.Module):
@@ -275,15 +265,15 @@ class FinetuneStage(DiffusionStage):
             return None
         device = next(model.parameters()).device
         self._place_vae(sampling_on=device)
-        videos = []
+        pipe, videos = self.pipeline(model), []
         for i in range(min(2, len(data))):
             item = data[i]
             first = item["first"].float() / 255
-            video = self.pipeline(model)(first, height=self.height, width=self.width, num_frames=self.num_frames,
-                                         num_inference_steps=self.sample_steps, fps=int(item["fps"]),
-                                         motion_bucket_id=int(item["motion_bucket_id"]),
-                                         generator=torch.Generator().manual_seed(i))  # fmt: skip
-            truth = self.pipeline(model).decode(item["latents"][None].to(device))
+            video = pipe(first, height=self.height, width=self.width, num_frames=self.num_frames,
+                         num_inference_steps=self.sample_steps, fps=int(item["fps"]),
+                         motion_bucket_id=int(item["motion_bucket_id"]),
+                         generator=torch.Generator().manual_seed(i))  # fmt: skip
+            truth = pipe.decode(item["latents"][None].to(device))
             videos += [truth.cpu(), video.cpu()]
         self._place_vae()
         path = out_dir / f"step_{step:06d}.gif"

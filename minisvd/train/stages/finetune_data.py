@@ -6,9 +6,10 @@ Two kinds of --data folder:
     (height, width) by `CuratedClips` (cover + centre crop, cached in DATA/minisvd_cache/); fps = the table's
     n_frames / duration_s; motion = the table's curation score (px / frame of the source clip) x the resize
     factor, i.e. px / frame of the training frames;
-  - any folder of video files (.mp4, .mov, ...; sub-folders too): each file decoded the same way; fps from
-    the container; motion measured on the decoded frames with the curation's own score (`measure_motion`:
-    Farneback at 2 fps on a 90-px short side, median over pairs).
+  - any folder of video files (.mp4, .mov, ...; sub-folders too, hidden ones left out, as `curate` lists
+    them): each file decoded the same way; fps from the container; motion measured on the decoded frames
+    with the curation's own score (`measure_motion`: Farneback at 2 fps on a 90-px short side, median over
+    pairs).
 
 A clip of n frames gives its non-overlapping windows of num_frames frames, every `stride`-th frame
 (span = (num_frames - 1) * stride + 1), at most `max_windows` of them, starting at frame 0. With stride s a
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minisvd.curation.outputs import VIDEO_EXT
+from minisvd.curation.outputs import VIDEO_EXT, list_sources
 
 
 def window_starts(n: int, num_frames: int, stride: int, max_windows: int) -> list[int]:
@@ -46,19 +47,13 @@ def _curated_clips(folder: Path, height: int, width: int, num_frames: int, strid
         yield row["clip_id"], cc.frames[first : first + n], fps, motion
 
 
-def _video_files(folder: Path, height: int, width: int):
-    """(relative path, frames, fps, measured motion) of every video file under folder."""
+def _video_files(files: list[tuple[str, Path]], height: int, width: int):
+    """(relative path, frames, fps, measured motion) of each video file."""
     from minisvd.curation.video_io import probe
     from minisvd.data.curated import decode_clip
     from minisvd.data.motion_bucket import measure_motion
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXT and p.is_file())
-    if not files:
-        raise FileNotFoundError(
-            f"{folder} holds no clips.csv and no video files ({', '.join(sorted(VIDEO_EXT))}): pass a curate "
-            "output folder (`python -m minisvd curate VIDEOS --out DIR`) or a folder of videos"
-        )
-    for path in files:
+    for rel, path in files:
         try:
             fps = probe(path).fps
             frames, _ = decode_clip(path, height, width, max_frames=None)
@@ -66,16 +61,7 @@ def _video_files(folder: Path, height: int, width: int):
             print(f"skipped {path}: {type(e).__name__}: {e}"[:300])
             continue
         frames = torch.from_numpy(frames)
-        yield str(path.relative_to(folder)), frames, fps, measure_motion(frames, fps)
-
-
-def data_key(folder: Path) -> list:
-    """What identifies the data: clips.csv's bytes, or every video file's name, size and mtime."""
-    table = folder / "clips.csv"
-    if table.exists():
-        return [hashlib.sha1(table.read_bytes()).hexdigest()]
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXT and p.is_file())
-    return [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        yield rel, frames, fps, measure_motion(frames, fps)
 
 
 def load_windows(
@@ -85,10 +71,19 @@ def load_windows(
     window's frames, ids ["clip@start"], and `key` (identifies the data and settings, for caches)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"--data {folder} is not a folder")
-    if (folder / "clips.csv").exists():
+    table = folder / "clips.csv"
+    if table.exists():  # the data's identity (for caches): the table's bytes, or each file's size and mtime
         clips = _curated_clips(folder, height, width, num_frames, stride)
+        data_key = [hashlib.sha1(table.read_bytes()).hexdigest()]
     else:
-        clips = _video_files(folder, height, width)
+        files = list_sources(folder, folder / "minisvd_cache")  # as curate finds them: sub-folders too
+        if not files:
+            raise FileNotFoundError(
+                f"{folder} holds no clips.csv and no video files ({', '.join(sorted(VIDEO_EXT))}): pass a curate "
+                "output folder (`python -m minisvd curate VIDEOS --out DIR`) or a folder of videos"
+            )
+        clips = _video_files(files, height, width)
+        data_key = [[rel, p.stat().st_size, p.stat().st_mtime_ns] for rel, p in files]
     frames, fps, motion, ids = [], [], [], []
     for clip_id, clip, clip_fps, clip_motion in clips:
         for s in window_starts(len(clip), num_frames, stride, max_windows):
@@ -99,7 +94,7 @@ def load_windows(
     if not frames:
         span = (num_frames - 1) * stride + 1
         raise ValueError(f"no clip in {folder} has {span} frames ({num_frames} frames at stride {stride})")
-    key = hashlib.sha1(json.dumps([data_key(folder), ids]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([data_key, ids]).encode()).hexdigest()[:16]
     fps_t = torch.tensor(fps, dtype=torch.float32)
     fps_t = torch.where(torch.isfinite(fps_t), fps_t.round().clamp(min=1), torch.full_like(fps_t, 7.0))
     return {
